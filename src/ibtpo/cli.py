@@ -1,0 +1,149 @@
+"""Command line: ``ibtpo sft | train | eval | score | compare | demo | config``.
+
+Every command takes ``--config FILE`` (repeatable; a file path or a built-in name such as
+``ibtpo`` or ``grpo``) and ``--set section.key=value`` (repeatable). Bad configs and bad inputs
+print one message listing every problem and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ibtpo.config import Config, ConfigError, describe, load_config
+
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name: str) -> Path:
+    """A file path, or the name of a built-in config (``ibtpo`` -> the packaged ibtpo.yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and builtin.is_file() and len(path.parts) <= 2:
+        return builtin
+    known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
+    raise ConfigError([f"--config {name}: no such file, nor a built-in config ({known})"])
+
+
+def _config(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+    paths = [resolve_config_path(c) for c in args.config]
+    return load_config(paths, list(extra) + list(args.set))
+
+
+def cmd_sft(args):
+    from ibtpo.sft import run_sft
+
+    cfg = _config(args)
+    run_sft(cfg, progress=not args.no_progress)
+
+
+def cmd_eval(args):
+    from ibtpo.evaluation import run_eval
+
+    run_eval(_config(args), args.model, args.out)
+
+
+def cmd_train(args):
+    from ibtpo.trainer import Trainer
+
+    trainer = Trainer(_config(args), resume=args.resume, progress=not args.no_progress)
+    trainer.train()
+
+
+def cmd_score(args):
+    from ibtpo.trainer import run_score
+
+    result = run_score(_config(args), args.model, out_json=args.out)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_compare(args):
+    from ibtpo.compare import run_compare
+
+    configs = [resolve_config_path(c) for c in args.configs]
+    run_compare(configs, overrides=args.set, seeds=args.seeds, out_dir=args.out,
+                token_budget=args.token_budget, progress=not args.no_progress)
+
+
+def cmd_demo(args):
+    from ibtpo.compare import run_demo
+
+    run_demo(out_dir=args.out, overrides=args.set, progress=not args.no_progress)
+
+
+def cmd_config(args):
+    if args.config or args.set:
+        import yaml
+
+        print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+        return
+    for name, default, help_text in describe():
+        print(f"{name:34s} {default!r:22s} {help_text}")
+
+
+def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", action="append", default=[], metavar="FILE",
+                       help="YAML config file or built-in name (repeatable; later wins)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ibtpo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sft", help="supervised warm-up on task solutions")
+    _common(p)
+    p.set_defaults(func=cmd_sft)
+    p = sub.add_parser("train", help="RL training (IB-TPO, GRPO, tree baselines)")
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint")
+    p.set_defaults(func=cmd_train)
+    for name, func, text in (("eval", cmd_eval, "greedy pass@1 and avg@k on held-out problems"),
+                             ("score", cmd_score, "IB-Score diagnostics of a policy's trees")):
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        p.add_argument("--model", required=True, help="checkpoint directory or preset")
+        p.add_argument("--out", default=None, help="write the results as JSON here")
+        p.set_defaults(func=func)
+    p = sub.add_parser("compare", help="run configs at the same generated-token budget")
+    p.add_argument("configs", nargs="+", help="config files or built-in names")
+    _common(p, config=False)
+    p.add_argument("--seeds", type=int, default=1, help="seeds per config (default 1)")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help="generated tokens per run (default: train.token_budget of the configs)")
+    p.add_argument("--out", default="runs/compare", help="output directory")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("demo", help="warm-up, then GRPO vs IB-TPO on the built-in task")
+    _common(p, config=False)
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("config", help="list every config field, or print the resolved config")
+    _common(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"ibtpo {args.command}: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ibtpo {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ibtpo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

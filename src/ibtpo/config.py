@@ -1,0 +1,308 @@
+"""Configuration: dataclasses are the single source of every default.
+
+Each field is declared once, with its meaning, unit and valid values in ``metadata`` (rendered by
+``ibtpo config --help``-style listings and checked by :func:`validate`). YAML files and
+``--set section.field=value`` strings only override. Every problem found (unknown key, wrong type,
+out-of-range value) is collected and raised together as one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more invalid config values; ``problems`` lists each as 'field: what was expected'."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid {source} ({len(problems)} problem(s)):\n{lines}")
+
+
+def F(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+      choices: tuple | None = None, min_exclusive: bool = False) -> Any:
+    """A dataclass field with its documentation and range declared in one place."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TaskConfig:
+    name: str = F("arithmetic", "dataset: 'arithmetic' (built-in) or a path to .jsonl/.parquet, "
+                  "or 'hf:NAME[:SPLIT]' (columns: prompt, answer)")
+    terms: list[int] = F([2, 3, 4], "numbers of terms a built-in problem may have (each >= 2)")
+    term_weights: list[float] = F([], "relative frequency of each entry of `terms` (empty = uniform)")
+    max_operand: int = F(30, "operands are drawn from 1..max_operand", min=2)
+    ops: str = F("+-", "operators the built-in task may use, any of '+-'")
+    eval_size: int = F(200, "number of held-out problems", min=1)
+    seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
+    reward: str = F("arithmetic", "verifier: 'arithmetic', 'numeric' or 'math_verify'",
+                    choices=("arithmetic", "numeric", "math_verify"))
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = F("tiny", "preset ('tiny', 'tiny-test') or a Hugging Face checkpoint dir")
+    dtype: str = F("float32", "parameter dtype", choices=("float32", "bfloat16", "float16"))
+    device: str = F("auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
+
+
+@dataclass
+class SFTConfig:
+    steps: int = F(1500, "optimizer steps of supervised warm-up", min=1)
+    batch_size: int = F(64, "problems per step", min=1)
+    lr: float = F(2e-3, "peak AdamW learning rate", min=0.0, min_exclusive=True)
+    warmup_steps: int = F(50, "linear warm-up steps, then cosine decay to 10%", min=0)
+    weight_decay: float = F(0.01, "AdamW weight decay", min=0.0)
+    max_minutes: float = F(5.0, "stop early after this wall time (0 = no limit)", min=0.0)
+    eval_every: int = F(250, "held-out greedy evaluation every N steps (0 = only at the end)", min=0)
+    eval_size: int = F(100, "problems used by periodic evaluation", min=1)
+    out_dir: str = F("runs/sft", "output checkpoint directory")
+    seed: int = F(0, "seed of model init and batch sampling", min=0)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = F(1.0, "sampling temperature (log-probs are of softmax(logits/T))", min=0.0,
+                           min_exclusive=True)
+    top_p: float = F(1.0, "nucleus sampling mass in (0, 1]", min=0.0, max=1.0, min_exclusive=True)
+    top_k: int = F(0, "keep the k most likely tokens (0 = off)", min=0)
+    max_new_tokens: int = F(64, "max response tokens per trajectory (paper: 2048)", min=1)
+
+
+@dataclass
+class RolloutConfig:
+    scorer: str = F("ib", "branch scorer (ALGORITHM.md §3)",
+                    choices=("ib", "entropy", "random", "width", "independent"))
+    b0: int = F(4, "initial independent chains per prompt (B0; = G for 'independent')", min=1)
+    rounds: int = F(9, "L: 1 initial round + L-1 branching rounds", min=1)
+    k: int = F(1, "K: nodes branched from per tree per round", min=1)
+    bn: int = F(1, "Bn: continuations sampled from each picked node", min=1)
+    branch_from_root: bool = F(True, "may the root be picked for branching (choice)")
+    merge_identical_steps: bool = F(False, "merge identical sibling steps into one node")
+    step_delimiter: str = F("\n\n", "text that ends a step (kept in the step it ends)")
+    prob_norm: str = F("mean", "step probability pi_bar: mean | sum | sibling (ALGORITHM.md §1)",
+                       choices=("mean", "sum", "sibling"))
+    token_budget: int = F(0, "max generated tokens per prompt per step (0 = no limit)", min=0)
+
+
+@dataclass
+class AdvantageConfig:
+    estimator: str = F("ibtpo", "advantage estimator (ALGORITHM.md §4)", choices=("ibtpo", "grpo"))
+    beta: float = F(5.0, "IB trade-off beta (> 0)", min=0.0, min_exclusive=True)
+    lam: float = F(0.1, "weight lambda of A_IB (paper: 0.1; 0.5 collapsed)", min=0.0)
+    ib_adv_on_zero_var_groups: bool = F(True, "apply A_IB in groups whose rewards are all equal")
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = F(0.2, "lower clip range of the ratio", min=0.0)
+    eps_high: float = F(0.2, "upper clip range (0.28 = clip-higher)", min=0.0)
+    beta_kl: float = F(0.001, "k3 KL penalty to the reference (0 = no reference model)", min=0.0)
+    entropy_coef: float = F(0.0, "entropy bonus coefficient", min=0.0)
+    agg_mode: str = F("seq-mean-token-mean", "loss aggregation",
+                      choices=("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"))
+
+
+@dataclass
+class TrainConfig:
+    init: str = F("runs/sft", "starting checkpoint (the warm-up output) or a model preset")
+    steps: int = F(30, "RL steps (ignored when token_budget > 0)", min=1)
+    token_budget: int = F(0, "stop after this many generated tokens in total (0 = use steps)", min=0)
+    prompts_per_step: int = F(16, "prompts (trees) per step (P)", min=1)
+    lr: float = F(2e-4, "AdamW learning rate (paper: 1e-6 on 1.7B/8B models)", min=0.0,
+                  min_exclusive=True)
+    weight_decay: float = F(0.0, "AdamW weight decay", min=0.0)
+    num_iterations: int = F(1, "passes over each step's batch (PPO epochs)", min=1)
+    micro_batch_size: int = F(64, "sequences per forward/backward", min=1)
+    grad_clip: float = F(1.0, "max global grad norm (0 = off)", min=0.0)
+    eval_every: int = F(10, "held-out evaluation every N steps (0 = start and end only)", min=0)
+    ckpt_every: int = F(0, "checkpoint every N steps (0 = at the end only)", min=0)
+    out_dir: str = F("runs/train", "output directory (metrics.jsonl, tensorboard, checkpoints)")
+    seed: int = F(0, "seed of prompts, sampling and tie-breaking", min=0)
+    tensorboard: bool = F(True, "also write TensorBoard event files")
+
+
+@dataclass
+class EvalConfig:
+    size: int = F(200, "held-out problems evaluated", min=1)
+    k: int = F(4, "samples per problem for avg@k", min=1)
+    temperature: float = F(1.0, "temperature of the avg@k samples", min=0.0, min_exclusive=True)
+    batch_size: int = F(256, "sequences generated together", min=1)
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    raise AssertionError(f"unsupported config type {tp}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp)
+
+
+def _range_problem(name: str, value: Any, meta: dict) -> str | None:
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"{name}: got {value!r}, expected one of {', '.join(map(repr, meta['choices']))}"
+    lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+            op = ">" if meta.get("min_exclusive") else ">="
+            return f"{name}: got {value!r}, expected a value {op} {lo}"
+        if hi is not None and value > hi:
+            return f"{name}: got {value!r}, expected a value <= {hi}"
+    return None
+
+
+def _section_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+
+
+def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
+    if not isinstance(data, dict):
+        problems.append(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        return
+    sections = {f.name: f for f in dataclasses.fields(cfg)}
+    for sec_name, values in data.items():
+        if sec_name not in sections:
+            problems.append(f"{source}: unknown section {sec_name!r} (valid: {', '.join(sections)})")
+            continue
+        section = getattr(cfg, sec_name)
+        if not isinstance(values, dict):
+            problems.append(f"{sec_name}: expected a mapping, got {values!r}")
+            continue
+        _merge_section(section, sec_name, values, source, problems)
+
+
+def _merge_section(section: Any, sec_name: str, values: dict, source: str,
+                   problems: list[str]) -> None:
+    hints = _section_hints(type(section))
+    for key, value in values.items():
+        name = f"{sec_name}.{key}"
+        if key not in hints:
+            problems.append(f"{source}: unknown key {name!r} (valid: {', '.join(hints)})")
+        elif not _type_ok(value, hints[key]):
+            problems.append(f"{name}: got {value!r}, expected {_type_name(hints[key])}")
+        else:
+            setattr(section, key, float(value) if hints[key] is float else value)
+
+
+def validate(cfg: Config) -> list[str]:
+    """Range and cross-field checks; returns the list of problems (empty when valid)."""
+    problems = []
+    for sec in dataclasses.fields(cfg):
+        section = getattr(cfg, sec.name)
+        for f in dataclasses.fields(section):
+            p = _range_problem(f"{sec.name}.{f.name}", getattr(section, f.name), f.metadata)
+            if p:
+                problems.append(p)
+    t = cfg.task
+    if any(n < 2 for n in t.terms) or not t.terms:
+        problems.append(f"task.terms: got {t.terms!r}, expected a non-empty list of integers >= 2")
+    if t.term_weights and (len(t.term_weights) != len(t.terms) or min(t.term_weights) < 0
+                           or sum(t.term_weights) <= 0):
+        problems.append(f"task.term_weights: got {t.term_weights!r}, expected {len(t.terms)} "
+                        "non-negative weights (one per task.terms entry) with a positive sum")
+    if not t.ops or set(t.ops) - set("+-"):
+        problems.append(f"task.ops: got {t.ops!r}, expected a non-empty string of '+' and '-'")
+    if not cfg.rollout.step_delimiter:
+        problems.append("rollout.step_delimiter: expected a non-empty string")
+    return problems
+
+
+def parse_override(text: str, cfg: Config | None = None) -> dict:
+    """'train.lr=1e-4' -> {'train': {'lr': 1e-4}}.
+
+    The value is read as YAML (1e-4, true, [2, 3]), except for text fields, where it is kept as
+    typed unless quoted (so ``rollout.step_delimiter="\\n"`` is a newline).
+    """
+    path, sep, raw = text.partition("=")
+    section, dot, key = path.strip().partition(".")
+    if not sep or not dot:
+        raise ConfigError([f"--set {text!r}: expected section.key=value, e.g. train.lr=1e-4"],
+                          "override")
+    hints = _section_hints(type(getattr(cfg or Config(), section, None)))
+    if hints.get(key) is str and not raw.strip().startswith(("'", '"')):
+        return {section: {key: raw}}
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if hints.get(key) is float and isinstance(value, str):
+        try:  # YAML 1.1 reads '1e-4' as text
+            value = float(value)
+        except ValueError:
+            pass
+    return {section: {key: value}}
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such config file"], "config")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: not valid YAML ({getattr(err, 'problem', err)})"]) from None
+
+
+def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
+                base: dict | None = None) -> Config:
+    """Defaults <- ``base`` dict <- YAML files in order <- ``--set`` overrides; then validate."""
+    cfg, problems = Config(), []
+    if base:
+        _merge(cfg, base, "base", problems)
+    for p in paths:
+        _merge(cfg, load_yaml(p), str(p), problems)
+    for text in overrides:
+        _merge(cfg, parse_override(text, cfg), f"--set {text}", problems)
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(field, default, help) for every field: the documentation table of the README."""
+    rows = []
+    for sec in dataclasses.fields(Config):
+        for f in dataclasses.fields(sec.default_factory()):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{sec.name}.{f.name}", default, f.metadata["help"]))
+    return rows

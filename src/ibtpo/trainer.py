@@ -1,0 +1,309 @@
+"""The RL loop (ALGORITHM.md §3–5): sample trees -> advantages -> padded batch -> clipped loss.
+
+Shapes: ``P`` prompts per step (``train.prompts_per_step``), ``G`` trajectories per prompt,
+``N`` sequences in a batch (one per trajectory), ``T`` tokens (prompt + response, right-padded).
+
+The trainer owns the policy, the frozen reference (only loaded when ``loss.beta_kl > 0``), the
+optimizer, the step counter and the RNG streams; everything else is a named call into the core.
+Checkpoints (``{train.out_dir}/checkpoint``) hold the HF model and tokenizer, the optimizer, the RNG
+states, the step, the generated-token count and the config; they are written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from ibtpo.advantages import AdvParams, get_estimator
+from ibtpo.batch import Batch, from_trees
+from ibtpo.config import Config
+from ibtpo.engine import Engine, SamplingParams
+from ibtpo.evaluation import evaluate
+from ibtpo.losses import policy_loss
+from ibtpo.metrics import MetricsLogger, tree_metrics
+from ibtpo.models import encode_prompt, load_model
+from ibtpo.progress import progress_bar
+from ibtpo.rewards import get_reward_fn
+from ibtpo.rollout import RolloutParams, sample_trees
+from ibtpo.tasks import load_task
+
+STATE_FILE = "trainer_state.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"model.device: got {name!r}, but CUDA is not available here")
+    return torch.device(name)
+
+
+def sequence_logprobs(model, input_ids, attention_mask, temperature: float = 1.0):
+    """Log-prob and entropy of every token under softmax(logits / T); position t scores token t.
+
+    Returns ``(logprobs, entropy)``, both ``(N, T)`` float32, 0 at position 0.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids).logits[:, :-1].float() / temperature  # (N, T-1, V)
+    logp = torch.log_softmax(logits, dim=-1)
+    token_logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
+    entropy = -(logp.exp() * logp).sum(-1)  # (N, T-1)
+    return F.pad(token_logp, (1, 0)), F.pad(entropy, (1, 0))
+
+
+def rollout_params(cfg: Config) -> RolloutParams:
+    r = cfg.rollout
+    independent = r.scorer == "independent"
+    return RolloutParams(
+        scorer=r.scorer, b0=r.b0, rounds=1 if independent else r.rounds, k=r.k, bn=r.bn,
+        max_new_tokens=cfg.sampling.max_new_tokens, step_delimiter=r.step_delimiter,
+        merge_identical_steps=r.merge_identical_steps, branch_from_root=r.branch_from_root,
+        beta=cfg.advantage.beta, prob_norm=r.prob_norm, token_budget=r.token_budget)
+
+
+def sampling_params(cfg: Config) -> SamplingParams:
+    s = cfg.sampling
+    return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+
+
+class Policy:
+    """A model, its tokenizer and a generation engine over it: what rollouts and evals need."""
+
+    def __init__(self, cfg: Config, model_path: str):
+        self.device = resolve_device(cfg.model.device)
+        self.model, self.tokenizer = load_model(model_path, str(self.device), cfg.model.dtype)
+        self.model.eval()
+        self.engine = Engine(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                             batch_size=cfg.eval.batch_size)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def grow_trees(self, cfg: Config, problems, rng: random.Random, generator: torch.Generator):
+        """One tree per problem (ALGORITHM.md §3); returns (trees, metrics)."""
+        prompts = [encode_prompt(self.tokenizer, p.prompt) for p in problems]
+        metas = [p.columns() for p in problems]
+        reward_fn = get_reward_fn(cfg.task.reward)
+        return sample_trees(self.engine, prompts, [p.prompt for p in problems], metas, reward_fn,
+                            self.decode, rollout_params(cfg), sampling_params(cfg), rng, generator)
+
+    def evaluate(self, cfg: Config, problems, seed: int) -> dict:
+        res = evaluate(self.model, self.tokenizer, problems, get_reward_fn(cfg.task.reward),
+                       k=cfg.eval.k, temperature=cfg.eval.temperature,
+                       max_new_tokens=cfg.sampling.max_new_tokens,
+                       batch_size=cfg.eval.batch_size, seed=seed)
+        return {"eval/pass@1": res["pass@1"], "eval/avg@k": res[f"avg@{cfg.eval.k}"]}
+
+
+class Trainer:
+    """IB-TPO / GRPO / tree baselines, chosen by config (``rollout.scorer``, ``advantage.estimator``)."""
+
+    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.train.out_dir)
+        torch.manual_seed(cfg.train.seed)
+        self.policy = Policy(cfg, cfg.train.init)
+        self.model = self.policy.model
+        self.ref_model = _frozen_copy(self.model) if cfg.loss.beta_kl > 0 else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
+        self.task = load_task(cfg.task)
+        self.eval_problems = self.task.eval_set()[: cfg.eval.size]
+        self.estimator = get_estimator(cfg.advantage.estimator)
+        a = cfg.advantage
+        self.adv_params = AdvParams(beta=a.beta, lam=a.lam, prob_norm=cfg.rollout.prob_norm,
+                                    ib_adv_on_zero_var_groups=a.ib_adv_on_zero_var_groups)
+        self.rng = random.Random(cfg.train.seed)
+        self.generator = torch.Generator(self.policy.device).manual_seed(cfg.train.seed)
+        self.step, self.generated_tokens = 0, 0
+        if resume:
+            self.load_checkpoint(self.out / "checkpoint")
+        self.logger = MetricsLogger(self.out, tensorboard=cfg.train.tensorboard)
+
+    # --- one step -------------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """Sample P trees, compute step advantages, update the policy; returns the step's metrics."""
+        t0 = time.perf_counter()
+        problems = self.task.train_batch(self.cfg.train.prompts_per_step, self.rng)
+        trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng, self.generator)
+        advantages, adv_metrics = self.estimator(trees, self.adv_params)
+        batch = from_trees(trees, advantages, self.policy.tokenizer.pad_token_id)
+        t1 = time.perf_counter()
+        loss_metrics = self.update(batch.to(self.policy.device))
+        t2 = time.perf_counter()
+        self.step += 1
+        self.generated_tokens += int(rollout_metrics["rollout/generated_tokens"])
+        return {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
+                                                  self.adv_params.prob_norm),
+                **adv_metrics, **loss_metrics, "train/step": self.step,
+                "train/generated_tokens": self.generated_tokens, "train/lr": self.cfg.train.lr,
+                "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/step_s": t2 - t0}
+
+    def update(self, batch: Batch) -> dict:
+        """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches."""
+        self.model.train()
+        metrics: list[dict] = []
+        for _ in range(self.cfg.train.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for mb, weight in self.micro_batches(batch):
+                loss, m = self.micro_step(mb)
+                (loss * weight).backward()
+                metrics.append({**m, "loss/total": loss.detach()})
+            metrics[-1]["train/grad_norm"] = self.clip_and_step()
+        self.model.eval()
+        return _mean_metrics(metrics)
+
+    def micro_batches(self, batch: Batch):
+        """Slices of at most ``train.micro_batch_size`` rows, each with its share of the mean."""
+        size, n = self.cfg.train.micro_batch_size, len(batch)
+        by_tokens = self.cfg.loss.agg_mode == "token-mean"
+        total = batch.response_mask.sum().clamp(min=1) if by_tokens else n
+        for i in range(0, n, size):
+            mb = batch.slice(i, min(i + size, n))
+            yield mb, (mb.response_mask.sum() if by_tokens else len(mb)) / total
+
+    def micro_step(self, mb: Batch):
+        temp = self.cfg.sampling.temperature
+        logprobs, entropy = sequence_logprobs(self.model, mb.input_ids, mb.attention_mask, temp)
+        ref_logprobs = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref_logprobs, _ = sequence_logprobs(self.ref_model, mb.input_ids,
+                                                    mb.attention_mask, temp)
+        lc = self.cfg.loss
+        return policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
+                           eps_low=lc.eps_low, eps_high=lc.eps_high, ref_logprobs=ref_logprobs,
+                           beta_kl=lc.beta_kl, entropy=entropy, entropy_coef=lc.entropy_coef,
+                           agg_mode=lc.agg_mode, max_response_len=self.cfg.sampling.max_new_tokens)
+
+    def clip_and_step(self) -> torch.Tensor:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.train.grad_clip or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        return norm.detach()
+
+    # --- the loop -------------------------------------------------------------------------------
+    def done(self) -> bool:
+        t = self.cfg.train
+        return self.generated_tokens >= t.token_budget if t.token_budget else self.step >= t.steps
+
+    def evaluate(self) -> dict:
+        return self.policy.evaluate(self.cfg, self.eval_problems, seed=self.cfg.train.seed)
+
+    def train(self) -> dict:
+        """Run until ``train.steps`` (or ``train.token_budget`` generated tokens); return the last
+        metrics, including a final held-out evaluation."""
+        t = self.cfg.train
+        total, done_units = ((t.token_budget, self.generated_tokens) if t.token_budget
+                             else (t.steps, self.step))
+        last: dict = {}
+        with progress_bar(self.progress, total, done_units, "tokens" if t.token_budget
+                          else "steps") as bar:
+            if self.step == 0:
+                self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
+                                    **self.evaluate()})
+            while not self.done():
+                last = self.train_step()
+                if t.eval_every and self.step % t.eval_every == 0 or self.done():
+                    last.update(self.evaluate())
+                self.logger.log(self.step, last)
+                if t.ckpt_every and self.step % t.ckpt_every == 0:
+                    self.save_checkpoint()
+                bar.update(self.generated_tokens if t.token_budget else self.step,
+                           _bar_text(last))
+        self.save_checkpoint()
+        self.logger.close()
+        return last
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path | None = None) -> Path:
+        """Write model, tokenizer, optimizer, RNG states, counters and config; atomic swap."""
+        path = Path(path or self.out / "checkpoint")
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        self.policy.tokenizer.save_pretrained(tmp)
+        torch.save(self.state_dict(), tmp / STATE_FILE)
+        (tmp / "config.ibtpo.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        _atomic_swap(tmp, path)
+        return path
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "generated_tokens": self.generated_tokens,
+                "optimizer": self.optimizer.state_dict(), "python_rng": self.rng.getstate(),
+                "torch_generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore weights and trainer state from ``path`` (the reference stays the init model)."""
+        path = Path(path)
+        _recover_interrupted_swap(path)
+        state_file = path / STATE_FILE
+        if not state_file.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path} (expected {STATE_FILE})")
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        self.model.load_state_dict(loaded.state_dict())
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.generated_tokens = state["step"], state["generated_tokens"]
+        self.rng.setstate(state["python_rng"])
+        self.generator.set_state(state["torch_generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _frozen_copy(model):
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _atomic_swap(tmp: Path, path: Path) -> None:
+    """Replace ``path`` by ``tmp``; at every instant one complete checkpoint exists on disk."""
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_interrupted_swap(path: Path) -> None:
+    """A crash between the two renames of :func:`_atomic_swap` leaves only ``.NAME.old``."""
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+
+
+def _mean_metrics(rows: list[dict]) -> dict:
+    keys = {k for r in rows for k in r}
+    return {k: float(torch.stack([torch.as_tensor(r[k], dtype=torch.float32) for r in rows
+                                  if k in r]).mean()) for k in keys}
+
+
+def _bar_text(m: dict) -> str:
+    parts = [f"reward {m.get('rollout/reward_mean', float('nan')):.2f}",
+             f"eff {m.get('rollout/eff_rate', float('nan')):.2f}",
+             f"ib {m.get('tree/ib_score', float('nan')):+.3f}"]
+    if "eval/pass@1" in m:
+        parts.append(f"eval {m['eval/pass@1']:.2f}")
+    return "  ".join(parts)
+
+
+def config_with(cfg: Config, **sections) -> Config:
+    """A copy of ``cfg`` with fields replaced, e.g. ``config_with(cfg, train={"seed": 1})``."""
+    cfg = copy.deepcopy(cfg)
+    for name, values in sections.items():
+        setattr(cfg, name, dataclasses.replace(getattr(cfg, name), **values))
+    return cfg
