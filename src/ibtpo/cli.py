@@ -35,36 +35,39 @@ def _config(args: argparse.Namespace, extra: list[str] = ()) -> Config:
 
 
 def cmd_sft(args):
+    cfg = _config(args)
     from ibtpo.sft import run_sft
 
-    cfg = _config(args)
     run_sft(cfg, progress=not args.no_progress)
 
 
 def cmd_eval(args):
+    cfg = _config(args)
     from ibtpo.evaluation import run_eval
 
-    run_eval(_config(args), args.model, args.out)
+    run_eval(cfg, args.model, args.out)
 
 
 def cmd_train(args):
+    cfg = _config(args)
     from ibtpo.trainer import Trainer
 
-    trainer = Trainer(_config(args), resume=args.resume, progress=not args.no_progress)
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     trainer.train()
 
 
 def cmd_score(args):
-    from ibtpo.trainer import run_score
+    cfg = _config(args)
+    from ibtpo.diagnostics import run_score
 
-    result = run_score(_config(args), args.model, out_json=args.out)
+    result = run_score(cfg, args.model, out_json=args.out)
     print(json.dumps(result, indent=2))
 
 
 def cmd_compare(args):
+    configs = [resolve_config_path(c) for c in args.configs]
     from ibtpo.compare import run_compare
 
-    configs = [resolve_config_path(c) for c in args.configs]
     run_compare(configs, overrides=args.set, seeds=args.seeds, out_dir=args.out,
                 token_budget=args.token_budget, progress=not args.no_progress)
 

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from ibtpo.config import ConfigError, load_config
+from ibtpo.metrics import read_metrics
 from ibtpo.trainer import Trainer, config_with
 
 TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run)
-    ("tokens/prompt", "rollout/tokens_per_prompt", "mean"),
-    ("traj/1k tok", "rollout/traj_per_1k_tokens", "mean"),
+    ("tokens/prompt", "rollout/generated_tokens_per_prompt", "mean"),
+    ("traj/1k tok", "rollout/trajectories_per_1k_tokens", "mean"),
     ("Eff-Rate", "rollout/eff_rate", "mean"),
     ("Avg-Rate", "rollout/reward_mean", "mean"),
     ("IB-Score", "tree/ib_score", "mean"),
@@ -24,17 +25,6 @@ TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run)
 )
 PLOTS = ("eval/pass@1", "rollout/reward_mean", "rollout/eff_rate", "policy/entropy",
          "tree/ib_score", "tree/cov")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{i}: not a JSON line ({err.msg})") from None
-    return rows
 
 
 def summarise_run(rows: list[dict]) -> dict:

@@ -15,12 +15,12 @@ import copy
 import dataclasses
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from ibtpo.advantages import AdvParams, get_estimator
 from ibtpo.batch import Batch, from_trees
@@ -29,21 +29,14 @@ from ibtpo.engine import Engine, SamplingParams
 from ibtpo.evaluation import evaluate
 from ibtpo.losses import policy_loss
 from ibtpo.metrics import MetricsLogger, tree_metrics
-from ibtpo.models import encode_prompt, load_model
+from ibtpo.models import encode_prompt, load_model, replace_dir, resolve_device, \
+    write_checkpoint_files
 from ibtpo.progress import progress_bar
 from ibtpo.rewards import get_reward_fn
 from ibtpo.rollout import RolloutParams, sample_trees
 from ibtpo.tasks import load_task
 
 STATE_FILE = "trainer_state.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"model.device: got {name!r}, but CUDA is not available here")
-    return torch.device(name)
 
 
 def sequence_logprobs(model, input_ids, attention_mask, temperature: float = 1.0):
@@ -79,6 +72,8 @@ class Policy:
     """A model, its tokenizer and a generation engine over it: what rollouts and evals need."""
 
     def __init__(self, cfg: Config, model_path: str):
+        if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"model.device: got {cfg.model.device!r}, but CUDA is not available")
         self.device = resolve_device(cfg.model.device)
         self.model, self.tokenizer = load_model(model_path, str(self.device), cfg.model.dtype)
         self.model.eval()
@@ -163,13 +158,13 @@ class Trainer:
         return _mean_metrics(metrics)
 
     def micro_batches(self, batch: Batch):
-        """Slices of at most ``train.micro_batch_size`` rows, each with its share of the mean."""
-        size, n = self.cfg.train.micro_batch_size, len(batch)
-        by_tokens = self.cfg.loss.agg_mode == "token-mean"
-        total = batch.response_mask.sum().clamp(min=1) if by_tokens else n
+        """Slices of at most ``train.micro_batch_size`` rows, each weighted by its share of the
+        aggregation's denominator, so accumulated gradients equal the full-batch loss's."""
+        size, n, mode = self.cfg.train.micro_batch_size, len(batch), self.cfg.loss.agg_mode
+        total = _agg_count(batch.response_mask, mode).clamp(min=1)
         for i in range(0, n, size):
             mb = batch.slice(i, min(i + size, n))
-            yield mb, (mb.response_mask.sum() if by_tokens else len(mb)) / total
+            yield mb, _agg_count(mb.response_mask, mode) / total
 
     def micro_step(self, mb: Batch):
         temp = self.cfg.sampling.temperature
@@ -229,13 +224,16 @@ class Trainer:
     def save_checkpoint(self, path: Path | None = None) -> Path:
         """Write model, tokenizer, optimizer, RNG states, counters and config; atomic swap."""
         path = Path(path or self.out / "checkpoint")
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.policy.tokenizer.save_pretrained(tmp)
-        torch.save(self.state_dict(), tmp / STATE_FILE)
-        (tmp / "config.ibtpo.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        _atomic_swap(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            write_checkpoint_files(self.model, self.policy.tokenizer, tmp,
+                                   {"config": self.cfg.to_dict(), "step": self.step})
+            torch.save(self.state_dict(), tmp / STATE_FILE)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_dir(tmp, path)
         return path
 
     def state_dict(self) -> dict:
@@ -247,7 +245,6 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         """Restore weights and trainer state from ``path`` (the reference stays the init model)."""
         path = Path(path)
-        _recover_interrupted_swap(path)
         state_file = path / STATE_FILE
         if not state_file.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {path} (expected {STATE_FILE})")
@@ -263,27 +260,19 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
 
+def _agg_count(response_mask: torch.Tensor, agg_mode: str) -> torch.Tensor:
+    """What ``agg_mode`` averages over: trained tokens, rows with a trained token, or rows."""
+    if agg_mode == "token-mean":
+        return response_mask.sum()
+    if agg_mode == "seq-mean-token-mean":
+        return (response_mask.sum(-1) > 0).sum()
+    return torch.tensor(response_mask.shape[0])
+
+
 def _frozen_copy(model):
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
-
-
-def _atomic_swap(tmp: Path, path: Path) -> None:
-    """Replace ``path`` by ``tmp``; at every instant one complete checkpoint exists on disk."""
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_interrupted_swap(path: Path) -> None:
-    """A crash between the two renames of :func:`_atomic_swap` leaves only ``.NAME.old``."""
-    old = path.with_name(f".{path.name}.old")
-    if not path.exists() and old.exists():
-        old.rename(path)
 
 
 def _mean_metrics(rows: list[dict]) -> dict:

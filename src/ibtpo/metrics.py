@@ -1,0 +1,221 @@
+"""Metric names, tree metrics of a rollout batch, JSONL/TensorBoard logging (ALGORITHM.md §2, §6).
+
+Shape letters: P trees (prompts) in the batch, G trajectories per tree. Every metric name is
+namespaced (`rollout/`, `tree/`, `adv/`, `loss/`, `train/`, `time/`, `eval/`, `policy/`) and listed
+with its meaning in `METRIC_DOCS` (the table the README renders).
+
+Choices (config key in brackets):
+- Eff-Rate counts a tree as effective when its leaf rewards are not all equal (a tree with one
+  trajectory is never effective); rewards None count as 0.0 (ALGORITHM §6).
+- IB-Score, cov, tsallis are averaged over the branch candidates of every tree: non-terminal nodes
+  with >= 1 child, root included; `tree/ib_score_root` over roots only [`beta`, `prob_norm`].
+- Depth = number of steps of a trajectory (depth of its leaf). The branching histogram counts the
+  distinct children of every non-terminal node (a merged child counts once).
+- `rollout/trajectories_per_1k_tokens` is 0.0 when no token was generated.
+- `MetricsLogger` writes one JSON object per `log` call (with "step") to `metrics.jsonl`; tensors
+  and numpy scalars become floats, NaN/inf become null; TensorBoard gets the numeric scalars
+  [`tensorboard`, default True; skipped when torch.utils.tensorboard cannot be imported].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+
+import numpy as np
+
+from ibtpo.ib_score import batch_ib_scores
+from ibtpo.tree import Tree, leaf_reward
+
+METRIC_DOCS: dict[str, str] = {
+    "rollout/prompts": "number of prompts (trees) in the rollout batch",
+    "rollout/reward_mean": "Avg-Rate: mean reward of all sampled trajectories (None counted as 0)",
+    "rollout/eff_rate": "Eff-Rate: share of prompts whose trajectories' rewards are not all equal",
+    "rollout/trajectories_per_prompt": "mean number of trajectories (leaves) per tree, G",
+    "rollout/generated_tokens_per_prompt": "mean generated tokens per tree (no prompt, shared prefixes once)",
+    "rollout/trajectories_per_1k_tokens": "trajectories per 1,000 generated tokens (token efficiency)",
+    "rollout/response_len_mean": "mean tokens of a full response (shared prefix counted in each)",
+    "rollout/generated_tokens": "tokens generated for this step's trees (prompt and shared prefixes excluded)",
+    "rollout/unscorable": "trajectories whose reward function returned None (scored as 0)",
+    "tree/ib_score": "mean IB-Score over branch candidates (non-terminal nodes with children)",
+    "tree/ib_score_root": "mean IB-Score of the root nodes",
+    "tree/cov": "mean Cov(pi_bar, r) over branch candidates (exploitation term of the IB-Score)",
+    "tree/tsallis": "mean Tsallis-2 entropy 1 - mean pi_bar over branch candidates (exploration)",
+    "tree/depth_mean": "mean number of steps per trajectory",
+    "tree/depth_max": "largest number of steps of a trajectory in the batch",
+    "tree/nodes_per_tree": "mean number of step nodes per tree (root excluded)",
+    "tree/branching_mean": "mean number of distinct children of a non-terminal node",
+    "tree/depth_hist": "histogram {steps per trajectory: count} (JSONL only)",
+    "tree/branching_hist": "histogram {children of a non-terminal node: count} (JSONL only)",
+    "adv/mean": "mean step advantage over all steps of all trajectories",
+    "adv/std": "std of the step advantages over all steps of all trajectories",
+    "adv/zero_var_frac": "share of trees whose rewards are all equal (A_GL = 0 there)",
+    "adv/a_gl_abs_mean": "mean |A_GL| over all step nodes (IB-TPO only)",
+    "adv/a_ib_mean": "mean A_IB over all step nodes, before lam (IB-TPO only)",
+    "loss/pg": "clipped policy-gradient surrogate, aggregated with agg_mode",
+    "loss/kl": "k3 KL(pi_theta || pi_ref), aggregated with agg_mode",
+    "loss/entropy": "policy token entropy on trained tokens, aggregated with agg_mode",
+    "loss/clipfrac": "share of trained tokens where clipping is active (low + high)",
+    "loss/clipfrac_low": "share of trained tokens with ratio < 1 - eps_low and A < 0",
+    "loss/clipfrac_high": "share of trained tokens with ratio > 1 + eps_high and A > 0",
+    "loss/ratio_mean": "mean importance ratio pi_theta / pi_old over trained tokens",
+    "loss/total": "loss optimised: pg + beta_kl * kl - entropy_coef * entropy",
+    "train/grad_norm": "gradient norm before clipping",
+    "train/lr": "learning rate",
+    "train/step": "optimizer step",
+    "train/generated_tokens": "cumulative generated tokens since the start of training",
+    "time/rollout_s": "seconds spent growing the trees of this step",
+    "time/train_s": "seconds spent on the policy update of this step",
+    "time/step_s": "seconds for the whole training step",
+    "eval/pass@1": "share of held-out problems solved by the greedy response",
+    "eval/avg@k": "mean reward over k samples per eval problem",
+    "policy/entropy": "mean token entropy of the sampled tokens under the sampling policy",
+}
+
+
+# ----------------------------------------------------------------------------- tree metrics
+
+
+def _check_trees(trees: list[Tree]) -> None:
+    if len(trees) == 0:
+        raise ValueError("trees: expected at least one tree")
+
+
+def _mean(xs) -> float:
+    return float(np.mean(xs)) if len(xs) else 0.0
+
+
+def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
+    """rollout/*: Avg-Rate, Eff-Rate, trajectories and generated tokens per prompt."""
+    _check_trees(trees)
+    rewards = [[leaf_reward(leaf) for leaf in t.leaves()] for t in trees]
+    n_traj = sum(len(r) for r in rewards)
+    tokens = sum(t.num_generated_tokens() for t in trees)
+    lens = [len(t.response_ids(leaf)) for t in trees for leaf in t.leaves()]
+    return {
+        "rollout/prompts": float(len(trees)),
+        "rollout/reward_mean": _mean([x for r in rewards for x in r]),
+        "rollout/eff_rate": _mean([len(r) > 0 and max(r) != min(r) for r in rewards]),
+        "rollout/trajectories_per_prompt": n_traj / len(trees),
+        "rollout/generated_tokens_per_prompt": tokens / len(trees),
+        "rollout/trajectories_per_1k_tokens": 1000.0 * n_traj / tokens if tokens else 0.0,
+        "rollout/response_len_mean": _mean(lens),
+        "policy/entropy": _mean([e for t in trees for n in t.nodes() for e in n.entropies]),
+    }
+
+
+def ib_metrics(trees: list[Tree], beta: float, prob_norm: str = "mean") -> dict[str, float]:
+    """tree/ib_score, tree/ib_score_root, tree/cov, tree/tsallis (means over candidates)."""
+    scores = batch_ib_scores(trees, beta, prob_norm)
+    roots = [scores[t.root]["ib"] for t in trees if t.root in scores]
+    return {
+        "tree/ib_score": _mean([s["ib"] for s in scores.values()]),
+        "tree/ib_score_root": _mean(roots),
+        "tree/cov": _mean([s["cov"] for s in scores.values()]),
+        "tree/tsallis": _mean([s["tsallis"] for s in scores.values()]),
+    }
+
+
+def shape_metrics(trees: list[Tree]) -> dict[str, float]:
+    """tree/depth_mean, tree/depth_max, tree/nodes_per_tree, tree/branching_mean."""
+    depths = [leaf.depth for t in trees for leaf in t.leaves()]
+    widths = [len(n.children) for t in trees for n in t.branchable()]
+    return {
+        "tree/depth_mean": _mean(depths),
+        "tree/depth_max": float(max(depths, default=0)),
+        "tree/nodes_per_tree": _mean([len(t.nodes()) - 1 for t in trees]),
+        "tree/branching_mean": _mean(widths),
+    }
+
+
+def tree_metrics(trees: list[Tree], beta: float, prob_norm: str = "mean") -> dict[str, float]:
+    """All scalar rollout/* and tree/* metrics of a batch of trees (JSON-serialisable floats)."""
+    _check_trees(trees)
+    return {**rollout_metrics(trees), **ib_metrics(trees, beta, prob_norm), **shape_metrics(trees)}
+
+
+def tree_histograms(trees: list[Tree]) -> dict[str, dict[int, int]]:
+    """{"tree/depth_hist": {steps: count}, "tree/branching_hist": {children: count}}, sorted."""
+    _check_trees(trees)
+    depth = Counter(leaf.depth for t in trees for leaf in t.leaves())
+    width = Counter(len(n.children) for t in trees for n in t.branchable())
+    return {"tree/depth_hist": dict(sorted(depth.items())),
+            "tree/branching_hist": dict(sorted(width.items()))}
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def to_jsonable(value):
+    """Tensors / numpy scalars -> float or int; NaN and inf -> None; dicts get str keys."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, bool) or isinstance(value, (int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    raise ValueError(f"metrics: expected numbers, 0-d tensors or dicts, got {type(value).__name__}")
+
+
+def _open_tensorboard(out_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: JSONL only
+        return None
+    return SummaryWriter(log_dir=os.path.join(out_dir, "tb"))
+
+
+class MetricsLogger:
+    """Appends one JSON object per step to out_dir/metrics.jsonl, and scalars to TensorBoard."""
+
+    def __init__(self, out_dir: str, tensorboard: bool = True):
+        os.makedirs(out_dir, exist_ok=True)
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = _open_tensorboard(out_dir) if tensorboard else None
+
+    def log(self, step: int, metrics: dict) -> None:
+        row = {"step": int(step), **to_jsonable(dict(metrics))}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name, v in row.items():
+                if name != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(name, v, global_step=int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def metric_docs_markdown() -> str:
+    """METRIC_DOCS as a two-column Markdown table (for the README)."""
+    rows = [f"| `{name}` | {doc} |" for name, doc in METRIC_DOCS.items()]
+    return "\n".join(["| metric | meaning |", "|---|---|", *rows])
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Rows of a metrics.jsonl file (or of out_dir/metrics.jsonl when given a directory)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{i}: not a JSON line ({err.msg})") from None
+    return rows

@@ -1,0 +1,117 @@
+"""Config: defaults, YAML + --set overrides, one error listing every problem, CLI exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ibtpo.cli import main, resolve_config_path
+from ibtpo.config import Config, ConfigError, describe, load_config, parse_override
+
+
+def test_defaults_match_the_paper():
+    cfg = load_config()
+    assert (cfg.rollout.b0, cfg.rollout.rounds, cfg.rollout.k, cfg.rollout.bn) == (4, 9, 1, 1)
+    assert (cfg.advantage.beta, cfg.advantage.lam) == (5.0, 0.1)
+    assert (cfg.loss.eps_low, cfg.loss.eps_high, cfg.loss.beta_kl) == (0.2, 0.2, 0.001)
+    assert cfg.rollout.step_delimiter == "\n\n"
+
+
+def test_yaml_then_set_override_in_order(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("train: {lr: 0.5, steps: 7}\nrollout: {scorer: entropy}\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("train: {steps: 9}\n")
+    cfg = load_config([a, b], ["train.lr=1e-4", "task.terms=[2, 3]", "train.tensorboard=false"])
+    assert cfg.train.lr == 1e-4 and cfg.train.steps == 9 and cfg.rollout.scorer == "entropy"
+    assert cfg.task.terms == [2, 3] and cfg.train.tensorboard is False
+
+
+def test_int_accepted_for_float_and_kept_as_float():
+    cfg = load_config(overrides=["advantage.beta=2"])
+    assert cfg.advantage.beta == 2.0 and isinstance(cfg.advantage.beta, float)
+
+
+def test_text_fields_keep_the_typed_value_unless_quoted():
+    assert parse_override("model.name_or_path=123") == {"model": {"name_or_path": "123"}}
+    assert parse_override('rollout.step_delimiter="\\n"') == {"rollout": {"step_delimiter": "\n"}}
+
+
+def test_every_problem_is_listed_once_with_its_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: fast, bogus: 1}\nnope: {}\nsampling: {top_p: 1.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([bad], ["rollout.scorer=best", "advantage.beta=0", "task.terms=[1, 3]"])
+    problems = err.value.problems
+    assert len(problems) == 7, problems
+    text = str(err.value)
+    for fragment in ("train.lr: got 'fast', expected float", "unknown key 'train.bogus'",
+                     "unknown section 'nope'", "sampling.top_p: got 1.5, expected a value <= 1.0",
+                     "rollout.scorer: got 'best', expected one of", "advantage.beta: got 0.0, "
+                     "expected a value > 0.0", "task.terms: got [1, 3]"):
+        assert fragment in text
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("train:\n  lr: 1\n  steps: [1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_config([bad])
+
+
+def test_override_without_section_is_rejected():
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(overrides=["lr=1"])
+
+
+def test_term_weights_must_match_terms():
+    with pytest.raises(ConfigError, match="task.term_weights"):
+        load_config(overrides=["task.terms=[2, 3]", "task.term_weights=[1.0]"])
+
+
+def test_every_field_is_documented():
+    rows = describe()
+    assert len(rows) > 50 and all(help_text for _, _, help_text in rows)
+    assert ("rollout.b0", 4) in [(n, d) for n, d, _ in rows]
+
+
+def test_builtin_configs_load_and_differ_where_expected():
+    grpo = load_config([resolve_config_path("grpo")])
+    ibtpo = load_config([resolve_config_path("ibtpo")])
+    assert grpo.rollout.scorer == "independent" and grpo.rollout.b0 == 8
+    assert grpo.advantage.estimator == "grpo"
+    assert ibtpo.rollout.scorer == "ib" and ibtpo.advantage.estimator == "ibtpo"
+    names = [p.stem for p in resolve_config_path("grpo").parent.glob("*.yaml")]
+    for name in names:  # every shipped config is valid
+        load_config([resolve_config_path(name)])
+
+
+def test_cli_bad_config_exits_2_without_traceback(capsys):
+    code = main(["config", "--set", "train.lr=-1", "--set", "train.nope=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train.lr: got -1.0, expected a value > 0.0" in err and "train.nope" in err
+    assert "Traceback" not in err
+
+
+def test_cli_unknown_config_name_lists_builtins(capsys):
+    assert main(["config", "--config", "nosuch"]) == 2
+    assert "ibtpo" in capsys.readouterr().err
+
+
+def test_console_script_subprocess_exit_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ibtpo.cli", "train", "--set", "rollout.k=0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "rollout.k: got 0, expected a value >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_dump_roundtrips(tmp_path, capsys):
+    assert main(["config", "--config", "grpo", "--set", "train.steps=3"]) == 0
+    dumped = tmp_path / "dump.yaml"
+    dumped.write_text(capsys.readouterr().out)
+    cfg = load_config([dumped])
+    assert cfg.train.steps == 3 and cfg.rollout.scorer == "independent"
+    assert cfg == load_config([resolve_config_path("grpo")], ["train.steps=3"])
+    assert isinstance(cfg, Config)

@@ -1,0 +1,107 @@
+"""Tests for ibtpo.metrics: tree metrics by hand, histograms, logger, METRIC_DOCS coverage."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ibtpo.advantages import AdvParams, get_estimator
+from ibtpo.losses import policy_loss
+from ibtpo.metrics import (METRIC_DOCS, MetricsLogger, read_metrics, to_jsonable, tree_histograms,
+                           tree_metrics)
+from ibtpo.tree import add_step, new_tree
+
+L = math.log
+
+
+def hand_trees():
+    """T1: root -> A (2 tok, pi .5) -> {L1 (pi .25, R 1), L2 (pi .5, R 0)}; root -> L3 (pi .8, R 1)
+    -> 5 tokens, IB root 0.0075 (tsallis .35, cov .05625), IB A -0.2 (tsallis .625, cov -.125).
+    T2: root -> L1 (pi .5, R 0), root -> L2 (pi .25, R None): 2 tokens; r := 1 (p_hat = 0) ->
+    IB = -(0.5 + 0.25)/2/5 = -0.075, tsallis .625, cov 0."""
+    t1 = new_tree([0])
+    a = add_step(t1, t1.root, [1, 2], [L(0.5)] * 2, [0, 0])
+    add_step(t1, a, [3], [L(0.25)], [0], terminal=True, reward=1.0)
+    add_step(t1, a, [4], [L(0.5)], [0], terminal=True, reward=0.0)
+    add_step(t1, t1.root, [5], [L(0.8)], [0], terminal=True, reward=1.0)
+    t2 = new_tree([0])
+    add_step(t2, t2.root, [1], [L(0.5)], [0], terminal=True, reward=0.0)
+    add_step(t2, t2.root, [2], [L(0.25)], [0], terminal=True, reward=None)
+    return [t1, t2]
+
+
+def test_tree_metrics_hand():
+    m = tree_metrics(hand_trees(), beta=5.0)
+    assert m["rollout/prompts"] == 2.0
+    assert m["rollout/reward_mean"] == pytest.approx(0.4)            # (1+0+1+0+0)/5
+    assert m["rollout/eff_rate"] == pytest.approx(0.5)               # T1 mixed, T2 all 0
+    assert m["rollout/trajectories_per_prompt"] == pytest.approx(2.5)
+    assert m["rollout/generated_tokens_per_prompt"] == pytest.approx(3.5)   # (5 + 2)/2
+    assert m["rollout/trajectories_per_1k_tokens"] == pytest.approx(5000 / 7)
+    assert m["rollout/response_len_mean"] == pytest.approx(9 / 5)    # 3, 3, 1, 1, 1
+    # candidates: T1 root 0.0075, T1 A -0.2, T2 root -0.075
+    assert m["tree/ib_score"] == pytest.approx((0.0075 - 0.2 - 0.075) / 3)
+    assert m["tree/ib_score_root"] == pytest.approx((0.0075 - 0.075) / 2)
+    assert m["tree/tsallis"] == pytest.approx((0.35 + 0.625 + 0.625) / 3)
+    assert m["tree/cov"] == pytest.approx((0.05625 - 0.125 + 0.0) / 3)
+    assert m["tree/depth_mean"] == pytest.approx(1.4) and m["tree/depth_max"] == 2.0  # 2,2,1,1,1
+    assert m["tree/nodes_per_tree"] == pytest.approx(3.0)           # (4 + 2)/2
+    assert m["tree/branching_mean"] == pytest.approx(2.0)
+    assert all(isinstance(v, float) for v in m.values())
+    json.dumps(m)
+
+
+def test_histograms_hand():
+    h = tree_histograms(hand_trees())
+    assert h == {"tree/depth_hist": {1: 3, 2: 2}, "tree/branching_hist": {2: 3}}
+
+
+def test_bad_trees():
+    with pytest.raises(ValueError, match="trees"):
+        tree_metrics([], beta=5.0)
+    with pytest.raises(ValueError, match="tree"):
+        tree_metrics([new_tree([1])], beta=5.0)
+    with pytest.raises(ValueError, match="beta"):
+        tree_metrics(hand_trees(), beta=0.0)
+
+
+def test_every_emitted_name_is_documented():
+    trees = hand_trees()
+    names = set(tree_metrics(trees, 5.0)) | set(tree_histograms(trees))
+    for est in ("grpo", "ibtpo"):
+        names |= set(get_estimator(est)(trees, AdvParams())[1])
+    z = torch.zeros(1, 2)
+    names |= set(policy_loss(z, z, z, torch.ones(1, 2))[1])
+    lead = {"loss/total", "train/grad_norm", "train/lr", "train/step", "train/generated_tokens",
+            "time/rollout_s", "time/train_s", "time/step_s", "eval/pass@1", "eval/avg@k",
+            "policy/entropy", "rollout/unscorable"}
+    missing = (names | lead) - set(METRIC_DOCS)
+    assert not missing
+    assert all(isinstance(v, str) and v for v in METRIC_DOCS.values())
+
+
+def test_to_jsonable():
+    assert to_jsonable({"a": torch.tensor(1.5), "b": float("nan"), "h": {1: 2}}) == \
+        {"a": 1.5, "b": None, "h": {"1": 2}}
+    with pytest.raises(ValueError, match="metrics"):
+        to_jsonable([1, 2])
+
+
+@pytest.mark.parametrize("tb", [False, True])
+def test_logger_writes_jsonl(tmp_path, tb):
+    with MetricsLogger(str(tmp_path), tensorboard=tb) as log:
+        log.log(1, {"loss/pg": torch.tensor(0.5), "tree/depth_hist": {1: 3}})
+        log.log(2, {"loss/pg": 0.25})
+    rows = read_metrics(str(tmp_path))
+    assert rows == [{"step": 1, "loss/pg": 0.5, "tree/depth_hist": {"1": 3}},
+                    {"step": 2, "loss/pg": 0.25}]
+    if tb:
+        assert any((tmp_path / "tb").iterdir())
+
+
+def test_metric_docs_markdown():
+    from ibtpo.metrics import metric_docs_markdown
+    md = metric_docs_markdown().splitlines()
+    assert md[0] == "| metric | meaning |" and len(md) == len(METRIC_DOCS) + 2
+    assert "| `tree/ib_score` |" in "\n".join(md)
