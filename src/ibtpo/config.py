@@ -43,6 +43,8 @@ class TaskConfig:
     term_weights: list[float] = F([], "relative frequency of each entry of `terms` (empty = uniform)")
     max_operand: int = F(30, "operands are drawn from 1..max_operand", min=2)
     ops: str = F("+-", "operators the built-in task may use, any of '+-'")
+    allow_negative: bool = F(False, "built-in task: may intermediate results and answers be < 0 "
+                             "(false = chains going below 0 are redrawn)")
     eval_size: int = F(200, "number of held-out problems", min=1)
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
     reward: str = F("arithmetic", "verifier: 'arithmetic', 'numeric' or 'math_verify'",
@@ -66,6 +68,8 @@ class SFTConfig:
     max_minutes: float = F(5.0, "stop early after this wall time (0 = no limit)", min=0.0)
     eval_every: int = F(250, "held-out greedy evaluation every N steps (0 = only at the end)", min=0)
     eval_size: int = F(100, "problems used by periodic evaluation", min=1)
+    grad_clip: float = F(1.0, "max global grad norm (0 = off)", min=0.0)
+    log_every: int = F(10, "write a line to {out_dir}/sft_log.jsonl every N steps", min=1)
     out_dir: str = F("runs/sft", "output checkpoint directory")
     seed: int = F(0, "seed of model init and batch sampling", min=0)
 
@@ -138,6 +142,7 @@ class EvalConfig:
     k: int = F(4, "samples per problem for avg@k", min=1)
     temperature: float = F(1.0, "temperature of the avg@k samples", min=0.0, min_exclusive=True)
     batch_size: int = F(256, "sequences generated together", min=1)
+    seed: int = F(0, "seed of the avg@k samples", min=0)
 
 
 @dataclass
@@ -239,6 +244,11 @@ def validate(cfg: Config) -> list[str]:
                         "non-negative weights (one per task.terms entry) with a positive sum")
     if not t.ops or set(t.ops) - set("+-"):
         problems.append(f"task.ops: got {t.ops!r}, expected a non-empty string of '+' and '-'")
+    r = cfg.rollout
+    if 0 < r.token_budget < r.b0 * cfg.sampling.max_new_tokens:
+        problems.append(f"rollout.token_budget: got {r.token_budget}, expected 0 (no limit) or at "
+                        f"least b0 * sampling.max_new_tokens = {r.b0 * cfg.sampling.max_new_tokens}"
+                        " (the initial chains must fit)")
     if not cfg.rollout.step_delimiter:
         problems.append("rollout.step_delimiter: expected a non-empty string")
     return problems

@@ -72,6 +72,11 @@ METRIC_DOCS: dict[str, str] = {
     "eval/pass@1": "share of held-out problems solved by the greedy response",
     "eval/avg@k": "mean reward over k samples per eval problem",
     "policy/entropy": "mean token entropy of the sampled tokens under the sampling policy",
+    "rollout/num_trajectories": "trajectories sampled this step (all trees)",
+    "rollout/rounds": "generation rounds run (1 + branching rounds that had a node to branch)",
+    "rollout/branches": "continuations sampled in the branching rounds (after round 1)",
+    "time/generate_s": "seconds spent in engine.generate this step",
+    "time/reward_s": "seconds spent in the reward function this step",
 }
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +28,7 @@ from ibtpo.engine import Engine, SamplingParams
 from ibtpo.evaluation import evaluate
 from ibtpo.losses import policy_loss
 from ibtpo.metrics import MetricsLogger, tree_metrics
-from ibtpo.models import encode_prompt, load_model, replace_dir, resolve_device, \
-    write_checkpoint_files
+from ibtpo.models import encode_prompt, load_model, resolve_device, save_checkpoint
 from ibtpo.progress import progress_bar
 from ibtpo.rewards import get_reward_fn
 from ibtpo.rollout import RolloutParams, sample_trees
@@ -225,15 +223,11 @@ class Trainer:
         """Write model, tokenizer, optimizer, RNG states, counters and config; atomic swap."""
         path = Path(path or self.out / "checkpoint")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            write_checkpoint_files(self.model, self.policy.tokenizer, tmp,
-                                   {"config": self.cfg.to_dict(), "step": self.step})
-            torch.save(self.state_dict(), tmp / STATE_FILE)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        replace_dir(tmp, path)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".state-") as tmp:
+            state_file = Path(tmp) / STATE_FILE
+            torch.save(self.state_dict(), state_file)
+            save_checkpoint(self.model, self.policy.tokenizer, path,
+                            {"config": self.cfg.to_dict(), "step": self.step}, files=[state_file])
         return path
 
     def state_dict(self) -> dict:

@@ -1,0 +1,244 @@
+"""Tests for ibtpo.engine: cached decoding equals full forwards, log-probs, stops, sampling."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ibtpo.engine import Engine, SamplingParams, draw, extend, prefill, truncate
+
+VOCAB, PAD, EOS = 40, 0, 2
+NO_EOS = VOCAB + 7  # an id outside the vocabulary: never sampled, so rows stop by length only
+
+
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+PREFIXES = [[1, 5, 6, 7, 8, 9, 10], [1, 3], [1, 4, 4, 4, 11], [1]]
+
+
+def full_logits(model, ids: list[int]) -> torch.Tensor:
+    """(T, V) logits of one unpadded sequence, no cache."""
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def test_extend_from_cached_prefix_equals_full_forward(model):
+    """Left-padded prefixes of 7, 2, 5, 1 tokens, then 3 fed tokens (one row dropped midway).
+
+    The cache is sized for 1 new token, so feeding 3 also exercises its growth.
+    """
+    fed = [[12, 13, 14], [15, 16, 17], [18, 19, 20], [21, 22, 23]]
+    with torch.no_grad():
+        logits, state = prefill(model, PREFIXES, PAD)
+        for i, p in enumerate(PREFIXES):
+            torch.testing.assert_close(logits[i], full_logits(model, p)[-1], atol=1e-5, rtol=0)
+        for j in range(3):
+            if j == 1:
+                state.select(torch.tensor([0, 2, 3]))  # row 1 finished
+            rows = state.rows.tolist()
+            logits = extend(model, state, torch.tensor([fed[r][j] for r in rows]))
+            for k, r in enumerate(rows):
+                ref = full_logits(model, PREFIXES[r] + fed[r][: j + 1])[-1]
+                torch.testing.assert_close(logits[k], ref, atol=1e-5, rtol=0)
+
+
+def test_position_ids_start_at_first_real_token(model):
+    _, state = prefill(model, PREFIXES, PAD)
+    assert state.next_pos.tolist() == [7, 2, 5, 1]
+    assert state.attention_mask.sum(-1).tolist() == [7, 2, 5, 1]
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(temperature=0.7, top_p=0.9),
+                                      SamplingParams(temperature=1.3, top_k=5),
+                                      SamplingParams(temperature=0.0)])
+def test_sampled_logprobs_equal_training_forward(model, sampling):
+    """log-probs/entropies of softmax(logits / T) (T = 1 when greedy) over prompt + response."""
+    engine = Engine(model, NO_EOS, PAD)
+    samples = engine.generate(PREFIXES, [6, 9, 4, 12], sampling, torch.Generator().manual_seed(3))
+    temp = sampling.temperature or 1.0
+    for p, s in zip(PREFIXES, samples):
+        logp = F.log_softmax(full_logits(model, p + s.token_ids)[len(p) - 1:-1] / temp, -1)
+        ref = logp.gather(-1, torch.tensor(s.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=1e-4, rtol=0)
+        ent = -(logp.exp() * logp).sum(-1)
+        torch.testing.assert_close(torch.tensor(s.entropies), ent, atol=1e-4, rtol=0)
+
+
+def greedy_reference(model, prefix: list[int], n: int) -> list[int]:
+    """Argmax decoding with full forwards, no cache."""
+    ids = list(prefix)
+    for _ in range(n):
+        ids.append(int(full_logits(model, ids)[-1].argmax()))
+    return ids[len(prefix):]
+
+
+def test_greedy_equals_argmax_of_full_forward(model):
+    samples = Engine(model, NO_EOS, PAD).generate(PREFIXES, 8, SamplingParams(temperature=0))
+    for p, s in zip(PREFIXES, samples):
+        assert s.token_ids == greedy_reference(model, p, 8)
+        assert s.stop_reason == "length"
+
+
+def test_eos_stop_includes_eos_token_and_its_logprob(model):
+    """EOS := the 4th greedy token of prefix 0 (absent from its first 3), so row 0 stops after 4."""
+    ref = Engine(model, NO_EOS, PAD).generate([PREFIXES[0]], 8, SamplingParams(temperature=0))[0]
+    eos = ref.token_ids[3]
+    assert eos not in ref.token_ids[:3]
+    s = Engine(model, eos, PAD).generate([PREFIXES[0]], 8, SamplingParams(temperature=0))[0]
+    assert s.stop_reason == "eos"
+    assert s.token_ids == ref.token_ids[:4] and s.token_ids[-1] == eos
+    assert s.logprobs == pytest.approx(ref.logprobs[:4], abs=1e-6)
+    assert len(s.entropies) == 4
+
+
+def test_per_request_limits_including_zero(model):
+    engine = Engine(model, NO_EOS, PAD)
+    samples = engine.generate(PREFIXES, [0, 3, 7, 1], SamplingParams(),
+                              torch.Generator().manual_seed(0))
+    assert [len(s.token_ids) for s in samples] == [0, 3, 7, 1]
+    assert [len(s.logprobs) for s in samples] == [0, 3, 7, 1]
+    assert [len(s.entropies) for s in samples] == [0, 3, 7, 1]
+    assert all(s.stop_reason == "length" for s in samples)
+    assert engine.generate(PREFIXES, 0, SamplingParams()) == [
+        type(samples[0])([], [], [], "length") for _ in PREFIXES]
+
+
+def test_chunking_keeps_request_order(model):
+    """batch_size 2 (chunks sorted by length) gives the same greedy samples as one chunk."""
+    greedy = SamplingParams(temperature=0)
+    small = Engine(model, NO_EOS, PAD, batch_size=2).generate(PREFIXES, [5, 2, 4, 3], greedy)
+    big = Engine(model, NO_EOS, PAD).generate(PREFIXES, [5, 2, 4, 3], greedy)
+    assert [s.token_ids for s in small] == [s.token_ids for s in big]
+    for a, b in zip(small, big):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_same_seed_same_samples_other_seed_differs(model):
+    engine = Engine(model, NO_EOS, PAD)
+
+    def run(seed):
+        out = engine.generate(PREFIXES * 4, 10, SamplingParams(),
+                              torch.Generator().manual_seed(seed))
+        return [s.token_ids for s in out]
+
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(top_k=1), SamplingParams(top_p=1e-6)])
+def test_top_k_one_and_tiny_top_p_equal_greedy(model, sampling):
+    greedy = Engine(model, NO_EOS, PAD).generate(PREFIXES, 6, SamplingParams(temperature=0))
+    out = Engine(model, NO_EOS, PAD).generate(PREFIXES, 6, sampling,
+                                              torch.Generator().manual_seed(1))
+    assert [s.token_ids for s in out] == [s.token_ids for s in greedy]
+    for a, b in zip(out, greedy):  # both at T = 1
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_truncate_by_hand():
+    """probs (0.5, 0.3, 0.2): top_p 0.6 keeps the first two (mass before: 0, 0.5, 0.8);
+    top_k 1 keeps the first; top_k 2 then top_p 0.4 keeps the first."""
+    logp = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    kept = truncate(logp, 0, 0.6).isfinite()[0].tolist()
+    assert kept == [True, True, False]
+    assert truncate(logp, 1, 1.0).isfinite()[0].tolist() == [True, False, False]
+    assert truncate(logp, 2, 0.4).isfinite()[0].tolist() == [True, False, False]
+
+
+def test_draw_matches_probabilities():
+    """20k Gumbel-max draws from (0.5, 0.3, 0.2): frequencies within 0.015 (≈ 4 std)."""
+    logp = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(20000, 3)
+    tok = draw(logp, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tok, minlength=3).float() / 20000
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.015, rtol=0)
+
+
+def test_bf16_model_gives_fp32_logprobs():
+    model = tiny_model().to(torch.bfloat16)
+    samples = Engine(model, NO_EOS, PAD).generate(PREFIXES, 5, SamplingParams(),
+                                                  torch.Generator().manual_seed(0))
+    for s in samples:
+        assert len(s.token_ids) == 5
+        assert all(math.isfinite(x) and x <= 0 for x in s.logprobs)
+        assert all(0 <= x <= math.log(VOCAB) + 1e-4 for x in s.entropies)
+
+
+def test_training_mode_is_restored(model):
+    model.train()
+    Engine(model, NO_EOS, PAD).generate(PREFIXES, 2, SamplingParams(temperature=0))
+    assert model.training
+    model.eval()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(prefixes=[[1], []], max_new_tokens=3), "prefixes"),
+    (dict(prefixes=[[1]], max_new_tokens=-1), "max_new_tokens"),
+    (dict(prefixes=[[1], [1]], max_new_tokens=[1]), "max_new_tokens"),
+])
+def test_bad_requests_raise(model, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Engine(model, EOS, PAD).generate(sampling=SamplingParams(), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"),
+])
+def test_bad_sampling_params_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_greedy_matches_cpu():
+    cpu = tiny_model()
+    gpu = tiny_model().cuda()
+    a = Engine(cpu, NO_EOS, PAD).generate(PREFIXES, 6, SamplingParams(temperature=0))
+    b = Engine(gpu, NO_EOS, PAD).generate(PREFIXES, 6, SamplingParams(temperature=0),
+                                          torch.Generator(device="cuda").manual_seed(0))
+    assert [s.token_ids for s in a] == [s.token_ids for s in b]
+
+
+def test_rows_stopping_at_eos_midway_keep_exact_logprobs(model):
+    """EOS := token 7 at T = 2 over 16 prompts: some rows stop early (dropped from the cache)."""
+    prefixes = [[1, 3 + i % 30, 4 + i % 7] for i in range(16)]
+    samples = Engine(model, 7, PAD).generate(prefixes, 12, SamplingParams(temperature=2.0),
+                                             torch.Generator().manual_seed(0))
+    reasons = {s.stop_reason for s in samples}
+    assert reasons == {"eos", "length"}
+    for p, s in zip(prefixes, samples):
+        assert (s.stop_reason == "eos") == (s.token_ids[-1] == 7) and 7 not in s.token_ids[:-1]
+        assert s.stop_reason == "eos" or len(s.token_ids) == 12
+        logp = F.log_softmax(full_logits(model, p + s.token_ids)[len(p) - 1:-1] / 2.0, -1)
+        ref = logp.gather(-1, torch.tensor(s.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(s.logprobs), ref, atol=1e-4, rtol=0)
+
+
+def test_dropping_stopped_rows_does_not_change_samples(model):
+    """Greedy: dropping stopped rows at once (0), at 25 % or never (1) gives the same samples."""
+    prefixes = [[1, 3 + i % 30, 4 + i % 7, 5 + i % 11] for i in range(12)]
+    free = Engine(model, NO_EOS, PAD).generate(prefixes, 10, SamplingParams(temperature=0))
+    counts = torch.bincount(torch.tensor([t for s in free for t in s.token_ids[1:]]))
+    eos = int(counts.argmax())  # a token that ends several rows early
+    outs = [Engine(model, eos, PAD, drop_fraction=f).generate(prefixes, [10, 7] * 6,
+                                                              SamplingParams(temperature=0))
+            for f in (0.0, 0.25, 1.0)]
+    assert {s.stop_reason for s in outs[0]} == {"eos", "length"}
+    for other in outs[1:]:
+        assert [s.token_ids for s in other] == [s.token_ids for s in outs[0]]
+        assert [s.stop_reason for s in other] == [s.stop_reason for s in outs[0]]
+        for a, b in zip(other, outs[0]):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
