@@ -60,13 +60,15 @@ class ModelConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = F(1500, "optimizer steps of supervised warm-up", min=1)
+    steps: int = F(500, "optimizer steps of supervised warm-up", min=1)
     batch_size: int = F(64, "problems per step", min=1)
-    lr: float = F(2e-3, "peak AdamW learning rate", min=0.0, min_exclusive=True)
+    lr: float = F(1e-3, "peak AdamW learning rate", min=0.0, min_exclusive=True)
     warmup_steps: int = F(50, "linear warm-up steps, then cosine decay to 10%", min=0)
     weight_decay: float = F(0.01, "AdamW weight decay", min=0.0)
-    max_minutes: float = F(5.0, "stop early after this wall time (0 = no limit)", min=0.0)
-    eval_every: int = F(250, "held-out greedy evaluation every N steps (0 = only at the end)", min=0)
+    max_minutes: float = F(4.5, "stop early after this wall time (0 = no limit); the cosine "
+                             "schedule follows whichever of steps and time is further along",
+                             min=0.0)
+    eval_every: int = F(50, "held-out greedy evaluation every N steps (0 = only at the end)", min=0)
     eval_size: int = F(100, "problems used by periodic evaluation", min=1)
     grad_clip: float = F(1.0, "max global grad norm (0 = off)", min=0.0)
     log_every: int = F(10, "write a line to {out_dir}/sft_log.jsonl every N steps", min=1)
@@ -123,8 +125,10 @@ class TrainConfig:
     steps: int = F(30, "RL steps (ignored when token_budget > 0)", min=1)
     token_budget: int = F(0, "stop after this many generated tokens in total (0 = use steps)", min=0)
     prompts_per_step: int = F(16, "prompts (trees) per step (P)", min=1)
-    lr: float = F(2e-4, "AdamW learning rate (paper: 1e-6 on 1.7B/8B models)", min=0.0,
+    lr: float = F(3e-5, "AdamW learning rate (paper: 1e-6 on 1.7B/8B models; 1e-4 degrades the tiny model)", min=0.0,
                   min_exclusive=True)
+    warmup_steps: int = F(5, "linear learning-rate warm-up steps, then constant (Adam's first "
+                          "steps move every weight by ~lr)", min=0)
     weight_decay: float = F(0.0, "AdamW weight decay", min=0.0)
     num_iterations: int = F(1, "passes over each step's batch (PPO epochs)", min=1)
     micro_batch_size: int = F(64, "sequences per forward/backward", min=1)

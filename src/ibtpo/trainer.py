@@ -109,6 +109,9 @@ class Trainer:
         self.ref_model = _frozen_copy(self.model) if cfg.loss.beta_kl > 0 else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
+        warmup = cfg.train.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
         self.task = load_task(cfg.task)
         self.eval_problems = self.task.eval_set()[: cfg.eval.size]
         self.estimator = get_estimator(cfg.advantage.estimator)
@@ -138,7 +141,7 @@ class Trainer:
         return {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
                                                   self.adv_params.prob_norm),
                 **adv_metrics, **loss_metrics, "train/step": self.step,
-                "train/generated_tokens": self.generated_tokens, "train/lr": self.cfg.train.lr,
+                "train/generated_tokens": self.generated_tokens, "train/lr": self.scheduler.get_last_lr()[0],
                 "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/step_s": t2 - t0}
 
     def update(self, batch: Batch) -> dict:
@@ -183,6 +186,7 @@ class Trainer:
         max_norm = self.cfg.train.grad_clip or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
+        self.scheduler.step()
         return norm.detach()
 
     # --- the loop -------------------------------------------------------------------------------
@@ -232,7 +236,8 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "generated_tokens": self.generated_tokens,
-                "optimizer": self.optimizer.state_dict(), "python_rng": self.rng.getstate(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "python_rng": self.rng.getstate(),
                 "torch_generator": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
 
@@ -248,6 +253,7 @@ class Trainer:
         self.model.load_state_dict(loaded.state_dict())
         state = torch.load(state_file, map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.generated_tokens = state["step"], state["generated_tokens"]
         self.rng.setstate(state["python_rng"])
         self.generator.set_state(state["torch_generator"])
