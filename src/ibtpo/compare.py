@@ -16,6 +16,7 @@ from ibtpo.metrics import read_metrics
 from ibtpo.trainer import Trainer, config_with
 
 TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run)
+    ("G", "rollout/trajectories_per_prompt", "mean"),
     ("tokens/prompt", "rollout/generated_tokens_per_prompt", "mean"),
     ("traj/1k tok", "rollout/trajectories_per_1k_tokens", "mean"),
     ("Eff-Rate", "rollout/eff_rate", "mean"),
@@ -155,4 +156,4 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
                        seeds=1, out_dir=out, progress=progress)
 
 
-DEMO_OVERRIDES = ("train.token_budget=150000", "train.eval_every=5")
+DEMO_OVERRIDES = ("train.token_budget=150000", "train.eval_every=10")

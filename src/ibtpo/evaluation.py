@@ -1,0 +1,148 @@
+"""Held-out evaluation: greedy pass@1 and sampled avg@k, overall and per number of terms.
+
+- pass@1: mean reward of one greedy completion per problem.
+- avg@k: mean reward of `k` completions per problem sampled at `temperature` (seeded by `seed`
+  through a torch.Generator); skipped when k = 0.
+- A `None` reward (the problem cannot be scored) counts as 0 and is counted in `unscorable`
+  (problems whose greedy completion could not be scored).
+- `by_terms` groups problems by `Problem.n_terms` (built-in task); rows without it (n_terms = 0)
+  count in the overall figures only.
+All generation goes through `ibtpo.engine.Engine.generate`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ibtpo.engine import Engine, SamplingParams
+from ibtpo.models import encode_prompt, load_model, read_extra
+from ibtpo.rewards import get_reward_fn
+from ibtpo.tasks import load_task
+
+
+def reward_columns(problems, repeat: int = 1) -> dict[str, list]:
+    """Reward-function columns (one list per key, `repeat` entries per problem)."""
+    keys = list(dict.fromkeys(k for p in problems for k in p.columns()))
+    return {k: [p.columns().get(k) for p in problems for _ in range(repeat)] for k in keys}
+
+
+def decode_completion(tokenizer, token_ids: list[int]) -> str:
+    """The text of generated tokens, without special tokens (the final EOS)."""
+    return tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def generate_and_score(engine, tokenizer, problems, reward_fn, repeat: int, max_new_tokens: int,
+                       sampling: SamplingParams, generator=None) -> tuple[list, list]:
+    """`repeat` completions per problem (problem-major order): (rewards, samples)."""
+    prefixes = [encode_prompt(tokenizer, p.prompt) for p in problems for _ in range(repeat)]
+    samples = engine.generate(prefixes, max_new_tokens, sampling, generator)
+    completions = [decode_completion(tokenizer, s.token_ids) for s in samples]
+    prompts = [p.prompt for p in problems for _ in range(repeat)]
+    rewards = reward_fn(prompts, completions, **reward_columns(problems, repeat))
+    return rewards, samples
+
+
+def mean_reward(rewards: list) -> float:
+    """Mean of rewards with None counted as 0 (0.0 for an empty list)."""
+    return sum(r or 0.0 for r in rewards) / len(rewards) if rewards else 0.0
+
+
+def group_figures(problems, greedy: list, sampled: list | None, k: int) -> dict:
+    """pass@1 (and avg@k) of each group of problems with the same n_terms > 0."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(problems):
+        if p.n_terms > 0:
+            groups.setdefault(p.n_terms, []).append(i)
+    out = {}
+    for n, idx in sorted(groups.items()):
+        out[n] = {"pass@1": mean_reward([greedy[i] for i in idx]), "count": len(idx)}
+        if sampled is not None:
+            out[n][f"avg@{k}"] = mean_reward([sampled[i * k + j] for i in idx for j in range(k)])
+    return out
+
+
+def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: float = 1.0,
+             max_new_tokens: int = 64, batch_size: int = 256, seed: int = 0) -> dict:
+    """Greedy pass@1 and sampled avg@k of `model` on `problems` (see the module docstring).
+
+    Returns {"pass@1", "avg@k" (when k > 0), "by_terms": {n: {"pass@1", "avg@k", "count"}},
+    "unscorable", "count", "truncated" (share of greedy completions that hit the length limit),
+    "mean_tokens" (mean greedy completion length)}.
+    """
+    if not problems:
+        raise ValueError("evaluate: expected at least one problem, got none")
+    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=batch_size)
+    greedy, samples = generate_and_score(engine, tokenizer, problems, reward_fn, 1,
+                                         max_new_tokens, SamplingParams(temperature=0.0))
+    sampled = None
+    if k > 0:
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        sampled, _ = generate_and_score(engine, tokenizer, problems, reward_fn, k, max_new_tokens,
+                                        SamplingParams(temperature=temperature), generator)
+    result = {"pass@1": mean_reward(greedy), "count": len(problems),
+              "by_terms": group_figures(problems, greedy, sampled, k),
+              "unscorable": sum(r is None for r in greedy),
+              "truncated": sum(s.stop_reason == "length" for s in samples) / len(samples),
+              "mean_tokens": sum(len(s.token_ids) for s in samples) / len(samples)}
+    if sampled is not None:
+        result[f"avg@{k}"] = mean_reward(sampled)
+    return result
+
+
+def held_out(task, size: int) -> list:
+    """The first `size` held-out problems of `task` (at most its task.eval_size)."""
+    problems = task.eval_set()
+    if size > len(problems):
+        print(f"note: eval.size={size} but the task holds out {len(problems)} problems "
+              f"(task.eval_size); evaluating on {len(problems)}")
+    return problems[:size]
+
+
+def task_mismatch(cfg, model_dir: str) -> list[str]:
+    """Task settings that differ between `cfg` and the checkpoint's ibtpo.json."""
+    saved = read_extra(model_dir).get("task") if Path(model_dir).is_dir() else None
+    if not isinstance(saved, dict):
+        return []
+    current = cfg.to_dict()["task"]
+    return [f"task.{k}: checkpoint {saved[k]!r}, config {current.get(k)!r}"
+            for k in saved if current.get(k) != saved[k]]
+
+
+def format_table(result: dict, k: int, title: str):
+    """A rich Table of pass@1 / avg@k per number of terms and overall."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("terms", "count", "pass@1") + ((f"avg@{k}",) if f"avg@{k}" in result else ()):
+        table.add_column(col, justify="right")
+    rows = [(str(n), fig) for n, fig in result["by_terms"].items()] + [("all", result)]
+    for name, fig in rows:
+        cells = [name, str(fig["count"]), f"{fig['pass@1']:.3f}"]
+        if f"avg@{k}" in fig:
+            cells.append(f"{fig[f'avg@{k}']:.3f}")
+        table.add_row(*cells)
+    return table
+
+
+def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
+    """Evaluate a checkpoint (or preset) on cfg.eval.size held-out problems; print, write JSON."""
+    from rich.console import Console
+
+    for line in task_mismatch(cfg, model_dir):
+        print(f"warning: {line}")
+    model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype)
+    result = evaluate(model, tokenizer, held_out(load_task(cfg.task), cfg.eval.size),
+                      get_reward_fn(cfg.task.reward), k=cfg.eval.k,
+                      temperature=cfg.eval.temperature,
+                      max_new_tokens=cfg.sampling.max_new_tokens,
+                      batch_size=cfg.eval.batch_size, seed=cfg.eval.seed)
+    result["model"] = str(model_dir)
+    Console().print(format_table(result, cfg.eval.k, f"held-out evaluation of {model_dir}"))
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2))
+    return result

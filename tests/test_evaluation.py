@@ -1,0 +1,82 @@
+"""Held-out evaluation: pass@1, avg@k, per-terms grouping, unscorable counting, run_eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ibtpo.config import Config
+from ibtpo.evaluation import evaluate, run_eval
+from ibtpo.models import save_checkpoint
+from ibtpo.tasks.arithmetic import Problem, make_problem
+
+PROBLEMS = [make_problem([1, 2], ["+"]), make_problem([3, 4, 5], ["+", "-"]),
+            make_problem([6, 1], ["-"])]
+
+
+def constant_reward(value):
+    return lambda prompts, completions, answer, **_: [value] * len(completions)
+
+
+def test_figures_and_grouping_with_a_constant_reward(tiny_model, char_tokenizer):
+    result = evaluate(tiny_model, char_tokenizer, PROBLEMS, constant_reward(1.0), k=2,
+                      max_new_tokens=4)
+    assert result["pass@1"] == 1.0 and result["avg@2"] == 1.0 and result["unscorable"] == 0
+    assert {n: g["count"] for n, g in result["by_terms"].items()} == {2: 2, 3: 1}
+    assert result["count"] == 3 and 0 < result["mean_tokens"] <= 4
+
+
+def test_unscorable_rewards_count_as_zero_and_are_counted(tiny_model, char_tokenizer):
+    result = evaluate(tiny_model, char_tokenizer, PROBLEMS, constant_reward(None), k=0,
+                      max_new_tokens=2)
+    assert result["pass@1"] == 0.0 and result["unscorable"] == 3
+    assert "avg@0" not in result and "avg@4" not in result  # k = 0: greedy only
+
+
+def test_reward_fn_receives_prompts_completions_and_columns(tiny_model, char_tokenizer):
+    seen = {}
+
+    def spy(prompts, completions, answer, source):
+        seen.update(prompts=prompts, completions=completions, answer=answer, source=source)
+        return [0.0] * len(completions)
+
+    problems = [Problem("1+1=?\n", "2", meta={"source": "a"}),
+                Problem("2+2=?\n", "4", meta={"source": "b"})]
+    result = evaluate(tiny_model, char_tokenizer, problems, spy, k=3, max_new_tokens=3)
+    assert seen["prompts"] == ["1+1=?\n"] * 3 + ["2+2=?\n"] * 3  # problem-major, k per problem
+    assert seen["answer"] == ["2"] * 3 + ["4"] * 3 and seen["source"] == ["a"] * 3 + ["b"] * 3
+    assert all(isinstance(c, str) for c in seen["completions"])
+    assert result["by_terms"] == {}  # rows without n_terms are not grouped
+
+
+def test_sampling_is_seeded(tiny_model, char_tokenizer):
+    texts = []
+
+    def record(prompts, completions, answer, **_):
+        texts.append(completions)
+        return [0.0] * len(completions)
+
+    for seed in (5, 5, 6):
+        evaluate(tiny_model, char_tokenizer, PROBLEMS, record, k=2, max_new_tokens=8, seed=seed)
+    greedy, sampled = texts[0::2], texts[1::2]
+    assert greedy[0] == greedy[1] == greedy[2]
+    assert sampled[0] == sampled[1] != sampled[2]
+
+
+def test_empty_problem_list_raises(tiny_model, char_tokenizer):
+    with pytest.raises(ValueError, match="at least one problem"):
+        evaluate(tiny_model, char_tokenizer, [], constant_reward(1.0))
+
+
+def test_run_eval_loads_a_checkpoint_prints_and_writes_json(tiny_model, char_tokenizer,
+                                                            tmp_path, capsys):
+    save_checkpoint(tiny_model, char_tokenizer, tmp_path / "ckpt",
+                    extra={"task": {"max_operand": 9}})
+    cfg = Config()
+    cfg.eval.size, cfg.eval.k, cfg.sampling.max_new_tokens = 6, 1, 4
+    result = run_eval(cfg, str(tmp_path / "ckpt"), str(tmp_path / "out" / "eval.json"))
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["count"] == 6
+    assert result["mean_tokens"] <= 4 and set(result) >= {"pass@1", "avg@1", "by_terms"}
+    out = capsys.readouterr().out
+    assert "pass@1" in out and "task.max_operand: checkpoint 9, config 30" in out

@@ -1,0 +1,128 @@
+"""Tokenizer, presets, checkpoints (atomic save), encode_prompt."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+import torch
+from tokenizers import processors
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ibtpo import models
+from ibtpo.models import (PRESETS, build_model, build_tokenizer, count_parameters, encode_prompt,
+                          load_model, read_extra, save_checkpoint)
+
+TEXT = "23+45-12=?\n23+45=68\n\n68-12=56\n\nanswer: 56\t<eos>" + string.printable
+
+
+def test_tokenizer_round_trips_any_printable_ascii(char_tokenizer):
+    ids = char_tokenizer.encode(TEXT)
+    assert len(ids) == len(TEXT)  # one token per character, no special tokens added
+    assert char_tokenizer.decode(ids) == TEXT
+
+
+def test_tokenizer_specials_and_unknown_chars(char_tokenizer):
+    tok = char_tokenizer
+    specials = [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id]
+    assert specials == [0, 1, 2, 3]
+    assert tok.encode("a€b") == [tok.encode("a")[0], tok.unk_token_id, tok.encode("b")[0]]
+    assert tok.decode(tok.encode("<eos>")) == "<eos>"  # special-token text stays characters
+    assert tok.decode([1, *tok.encode("hi"), 2], skip_special_tokens=True) == "hi"
+
+
+def test_tokenizer_save_and_reload(char_tokenizer, tmp_path):
+    char_tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert loaded.encode(TEXT) == char_tokenizer.encode(TEXT)
+    assert loaded.decode(loaded.encode(TEXT)) == TEXT
+    assert (loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id) == (1, 2, 0)
+
+
+def test_encode_prompt_adds_bos_once_and_no_eos(char_tokenizer):
+    ids = encode_prompt(char_tokenizer, "1+2=?\n")
+    assert ids[0] == char_tokenizer.bos_token_id and len(ids) == 7
+    assert char_tokenizer.eos_token_id not in ids
+
+
+def test_encode_prompt_with_a_tokenizer_that_adds_bos_and_eos_itself():
+    a, b = build_tokenizer().encode("ab")
+    tok = build_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 1), ("<eos>", 2)])
+    assert tok("ab")["input_ids"] == [1, a, b, 2]
+    assert encode_prompt(tok, "ab") == [1, a, b]
+
+
+def test_presets_have_the_advertised_sizes(char_tokenizer):
+    sizes = {name: count_parameters(build_model(name, char_tokenizer)) for name in PRESETS}
+    assert 0.25e6 < sizes["tiny-test"] < 0.5e6
+    assert 2.5e6 < sizes["tiny"] < 4e6
+
+
+def test_build_model_is_seeded_and_leaves_the_global_rng_alone(char_tokenizer):
+    state = torch.random.get_rng_state()
+    a, b = build_model("tiny-test", char_tokenizer, 1), build_model("tiny-test", char_tokenizer, 1)
+    c = build_model("tiny-test", char_tokenizer, 2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    wa, wb, wc = (m.model.embed_tokens.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_unknown_preset_or_path_lists_the_presets(tmp_path):
+    with pytest.raises(ValueError, match="tiny-test, tiny"):
+        load_model(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_model("tiny-test", dtype="float8")
+
+
+def test_checkpoint_round_trip(tiny_model, char_tokenizer, tmp_path):
+    out = tmp_path / "ckpt"
+    save_checkpoint(tiny_model, char_tokenizer, out, extra={"task": {"max_operand": 9}})
+    assert read_extra(out) == {"task": {"max_operand": 9}}
+    model, tok = load_model(str(out))
+    ids = torch.tensor([encode_prompt(tok, "1+2=?\n")])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, tiny_model(ids).logits, atol=1e-6)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(out), type(tiny_model))
+    assert (out / "model.safetensors").is_file()
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(tiny_model, char_tokenizer,
+                                                           tmp_path, monkeypatch):
+    out = tmp_path / "ckpt"
+    save_checkpoint(tiny_model, char_tokenizer, out, extra={"version": 1})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail_midway(*args, **kwargs):  # the model is written, then the tokenizer save fails
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(char_tokenizer), "save_pretrained", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tiny_model, char_tokenizer, out, extra={"version": 2})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp dir left behind
+    monkeypatch.undo()
+    save_checkpoint(tiny_model, char_tokenizer, out, extra={"version": 2})
+    assert read_extra(out) == {"version": 2} and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tiny_model, char_tokenizer,
+                                                                      tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        save_checkpoint(tiny_model, char_tokenizer, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_save_copies_extra_files_from_the_target(tiny_model, char_tokenizer, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    save_checkpoint(tiny_model, char_tokenizer, out, files=[out / "log.jsonl"])
+    assert (out / "log.jsonl").read_text() == '{"step": 1}\n' and (out / "config.json").is_file()
+
+
+def test_attention_implementation_is_the_measured_one(tiny_model):
+    assert tiny_model.config._attn_implementation == models.ATTN_IMPLEMENTATION
