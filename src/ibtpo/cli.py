@@ -36,9 +36,14 @@ def _config(args: argparse.Namespace, extra: list[str] = ()) -> Config:
 
 def cmd_sft(args):
     cfg = _config(args)
+    from rich.console import Console
+
+    from ibtpo.evaluation import format_table
     from ibtpo.sft import run_sft
 
-    run_sft(cfg, progress=not args.no_progress)
+    final = run_sft(cfg, progress=not args.no_progress)
+    Console().print(format_table(final, cfg.eval.k, f"warm-up: {final['steps']} steps in "
+                                 f"{final['train_seconds']:.0f} s -> {cfg.sft.out_dir}"))
 
 
 def cmd_eval(args):
@@ -60,7 +65,7 @@ def cmd_score(args):
     cfg = _config(args)
     from ibtpo.diagnostics import run_score
 
-    result = run_score(cfg, args.model, out_json=args.out)
+    result = run_score(cfg, args.model, out_json=args.out, progress=not args.no_progress)
     print(json.dumps(result, indent=2))
 
 
