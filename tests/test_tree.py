@@ -263,7 +263,7 @@ def test_pi_bar_mean_sum_sibling():
 def test_pi_bar_sibling_no_underflow_and_empty_step():
     tree = new_tree([0])
     x = add_step(tree, tree.root, [1] * 1000, [-1.0] * 1000, [0.0] * 1000, terminal=True, reward=1)
-    y = add_step(tree, tree.root, [2] * 1000, [-1.0] * 1000, [0.0] * 1000, terminal=True, reward=0)
+    add_step(tree, tree.root, [2] * 1000, [-1.0] * 1000, [0.0] * 1000, terminal=True, reward=0)
     e = add_step(tree, tree.root, [], [], [], terminal=True, reward=0)
     g = pi_bar(tree, "sibling")
     # raw products exp(-1000) each (0 in floats), empty step exp(0) = 1 -> x, y ~ 0, e ~ 1

@@ -136,6 +136,7 @@ def _check_comparable(cfgs: dict, budget: int, seeds: int) -> None:
 
 
 DEMO_CONFIGS = ("grpo", "ibtpo")
+DEMO_OVERRIDES = ("train.token_budget=150000", "train.eval_every=10")
 
 
 def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
@@ -155,5 +156,3 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
     return run_compare(configs, overrides=[f"train.init={sft_dir}", *DEMO_OVERRIDES, *overrides],
                        seeds=1, out_dir=out, progress=progress)
 
-
-DEMO_OVERRIDES = ("train.token_budget=150000", "train.eval_every=10")

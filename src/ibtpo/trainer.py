@@ -75,6 +75,7 @@ class Policy:
         self.device = resolve_device(cfg.model.device)
         self.model, self.tokenizer = load_model(model_path, str(self.device), cfg.model.dtype)
         self.model.eval()
+        self.reward_fn = get_reward_fn(cfg.task.reward)
         self.engine = Engine(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
                              batch_size=cfg.eval.batch_size)
 
@@ -85,12 +86,12 @@ class Policy:
         """One tree per problem (ALGORITHM.md §3); returns (trees, metrics)."""
         prompts = [encode_prompt(self.tokenizer, p.prompt) for p in problems]
         metas = [p.columns() for p in problems]
-        reward_fn = get_reward_fn(cfg.task.reward)
-        return sample_trees(self.engine, prompts, [p.prompt for p in problems], metas, reward_fn,
-                            self.decode, rollout_params(cfg), sampling_params(cfg), rng, generator)
+        return sample_trees(self.engine, prompts, [p.prompt for p in problems], metas,
+                            self.reward_fn, self.decode, rollout_params(cfg),
+                            sampling_params(cfg), rng, generator)
 
     def evaluate(self, cfg: Config, problems, seed: int) -> dict:
-        res = evaluate(self.model, self.tokenizer, problems, get_reward_fn(cfg.task.reward),
+        res = evaluate(self.model, self.tokenizer, problems, self.reward_fn,
                        k=cfg.eval.k, temperature=cfg.eval.temperature,
                        max_new_tokens=cfg.sampling.max_new_tokens,
                        batch_size=cfg.eval.batch_size, seed=seed)
@@ -153,7 +154,7 @@ class Trainer:
             for mb, weight in self.micro_batches(batch):
                 loss, m = self.micro_step(mb)
                 (loss * weight).backward()
-                metrics.append({**m, "loss/total": loss.detach()})
+                metrics.append(m)
             metrics[-1]["train/grad_norm"] = self.clip_and_step()
         self.model.eval()
         return _mean_metrics(metrics)
