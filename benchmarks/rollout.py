@@ -29,10 +29,10 @@ import time
 import torch
 
 from ibtpo.config import TaskConfig
-from ibtpo.engine import Engine, SamplingParams
+from ibtpo.data.arithmetic import ArithmeticTask, verify
 from ibtpo.models import encode_prompt, load_model
-from ibtpo.rollout import RolloutParams, sample_trees
-from ibtpo.tasks.arithmetic import ArithmeticTask, verify
+from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.sampler import RolloutParams, sample_trees
 
 METHODS = {
     "independent G=8": dict(scorer="independent", b0=8, rounds=1),

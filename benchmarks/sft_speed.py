@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sft_speed.py [--set sft.steps=200 ...] [--out DIR]
 
-Runs `ibtpo.sft.run_sft` with the default config (preset "tiny", the built-in arithmetic task)
+Runs `ibtpo.training.sft.run_sft` with the default config (preset "tiny", the built-in arithmetic task)
 and prints: the accuracy-vs-time curve (periodic greedy pass@1 on `sft.eval_size` held-out
 problems), the median training tokens/s, and the final held-out evaluation per number of terms.
 The acceptance target is >= 40% greedy accuracy within 5 minutes on a 2-core CPU.
@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ibtpo.config import load_config
 from ibtpo.evaluation import format_table
-from ibtpo.sft import run_sft
+from ibtpo.training.sft import run_sft
 
 
 def parse_args() -> argparse.Namespace:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ibtpo.cli import resolve_config_path
-from ibtpo.config import load_config
-from ibtpo.trainer import Trainer
+from ibtpo.config import load_config, resolve_config_path
+from ibtpo.training.trainer import Trainer
 
 DEFAULT_MODEL = "runs/demo/sft"
 

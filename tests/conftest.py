@@ -33,7 +33,7 @@ def warm_checkpoint(tmp_path_factory):
     Measured: held-out greedy accuracy 0.33 on the 30 held-out problems after 100 steps (~5 s);
     held-out 2-term problems never occur in training, so accuracy there needs generalisation."""
     from ibtpo.config import load_config
-    from ibtpo.sft import run_sft
+    from ibtpo.training.sft import run_sft
 
     out = tmp_path_factory.mktemp("warm") / "sft"
     cfg = load_config(overrides=[

@@ -1,4 +1,4 @@
-"""Tests for ibtpo.advantages (ALGORITHM.md §4): hand values, GRPO invariant, reference loop."""
+"""Tests for ibtpo.core.advantages (ALGORITHM.md §4): hand values, GRPO invariant, reference loop."""
 
 import math
 import random
@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
-from ibtpo.advantages import ESTIMATORS, AdvParams, get_estimator
-from ibtpo.tree import add_step, new_tree, p_hat, pi_bar
+from ibtpo.core.advantages import ESTIMATORS, AdvParams, get_estimator
+from ibtpo.core.tree import add_step, new_tree, p_hat, pi_bar
 
 L = math.log
 D = math.sqrt(1 / 3) + 1e-4   # sample std of [1, 0, 1] (= sqrt((1/9 + 4/9 + 1/9)/2)) + eps

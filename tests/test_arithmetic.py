@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from ibtpo.config import TaskConfig
-from ibtpo.tasks.arithmetic import ArithmeticTask, count_problems, make_problem, verify
+from ibtpo.data.arithmetic import ArithmeticTask, count_problems, make_problem, verify
 
 
 def test_problem_format_matches_the_docstring_example():

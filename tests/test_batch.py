@@ -1,10 +1,10 @@
-"""Tests for ibtpo.batch: trees -> right-padded rows with aligned log-probs and advantages."""
+"""Tests for ibtpo.training.batch: trees -> right-padded rows with aligned log-probs and advantages."""
 
 import pytest
 import torch
 
-from ibtpo.batch import from_trees
-from ibtpo.tree import add_step, new_tree
+from ibtpo.core.tree import add_step, new_tree
+from ibtpo.training.batch import from_trees
 
 PAD = 0
 

@@ -1,12 +1,12 @@
-"""Tests for ibtpo.branching (ALGORITHM.md §3): scorers, candidates, top-K with seeded ties."""
+"""Tests for ibtpo.core.branching (ALGORITHM.md §3): scorers, candidates, top-K with seeded ties."""
 
 import math
 import random
 
 import pytest
 
-from ibtpo.branching import SCORERS, BranchParams, get_scorer, select_nodes
-from ibtpo.tree import add_step, new_tree
+from ibtpo.core.branching import SCORERS, BranchParams, get_scorer, select_nodes
+from ibtpo.core.tree import add_step, new_tree
 
 L = math.log
 

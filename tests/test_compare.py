@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ibtpo.cli import main, resolve_config_path
+from ibtpo.cli import main
 from ibtpo.compare import markdown_table, run_compare, summarise_run
-from ibtpo.config import ConfigError
+from ibtpo.config import ConfigError, resolve_config_path
 
 EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24",
         "eval.size=10", "eval.k=1", "train.tensorboard=false", "train.prompts_per_step=4"]

@@ -5,8 +5,15 @@ import sys
 
 import pytest
 
-from ibtpo.cli import main, resolve_config_path
-from ibtpo.config import Config, ConfigError, describe, load_config, parse_override
+from ibtpo.cli import main
+from ibtpo.config import (
+    Config,
+    ConfigError,
+    describe,
+    load_config,
+    parse_override,
+    resolve_config_path,
+)
 
 
 def test_defaults_match_the_paper():

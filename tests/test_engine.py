@@ -1,4 +1,4 @@
-"""Tests for ibtpo.engine: cached decoding equals full forwards, log-probs, stops, sampling."""
+"""Tests for ibtpo.rollout.engine: cached decoding equals full forwards, log-probs, stops, sampling."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ibtpo.engine import Engine, SamplingParams, draw, extend, prefill, truncate
+from ibtpo.rollout.engine import Engine, SamplingParams, draw, extend, prefill, truncate
 
 VOCAB, PAD, EOS = 40, 0, 2
 NO_EOS = VOCAB + 7  # an id outside the vocabulary: never sampled, so rows stop by length only

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from ibtpo.config import Config
+from ibtpo.data.arithmetic import Problem, make_problem
 from ibtpo.evaluation import evaluate, run_eval
 from ibtpo.models import save_checkpoint
-from ibtpo.tasks.arithmetic import Problem, make_problem
 
 PROBLEMS = [make_problem([1, 2], ["+"]), make_problem([3, 4, 5], ["+", "-"]),
             make_problem([6, 1], ["-"])]

@@ -1,12 +1,18 @@
-"""Tests for ibtpo.ib_score (ALGORITHM.md §2): hand-derived values and reference vs vectorised."""
+"""Tests for ibtpo.core.ib_score (ALGORITHM.md §2): hand-derived values and reference vs vectorised."""
 
 import math
 import random
 
 import pytest
 
-from ibtpo.ib_score import (batch_ib_scores, ib_diagnostics, ib_score, node_ib_scores, ratio)
-from ibtpo.tree import add_step, new_tree, p_hat, pi_bar
+from ibtpo.core.ib_score import (
+    batch_ib_scores,
+    ib_diagnostics,
+    ib_score,
+    node_ib_scores,
+    ratio,
+)
+from ibtpo.core.tree import add_step, new_tree, p_hat, pi_bar
 
 L = math.log
 

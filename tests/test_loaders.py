@@ -9,8 +9,8 @@ import random
 import pytest
 
 from ibtpo.config import TaskConfig
-from ibtpo.tasks import ArithmeticTask, DatasetTask, load_task
-from ibtpo.tasks.loaders import load_jsonl
+from ibtpo.data import ArithmeticTask, DatasetTask, load_task
+from ibtpo.data.loaders import load_jsonl
 
 
 def write_jsonl(path, rows):

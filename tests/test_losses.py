@@ -1,11 +1,11 @@
-"""Tests for ibtpo.losses (ALGORITHM.md §5): hand values, reference loop, bad input."""
+"""Tests for ibtpo.core.losses (ALGORITHM.md §5): hand values, reference loop, bad input."""
 
 import math
 
 import pytest
 import torch
 
-from ibtpo.losses import AGG_MODES, k3_kl, policy_loss
+from ibtpo.core.losses import AGG_MODES, k3_kl, policy_loss
 
 LN = math.log
 

@@ -6,11 +6,17 @@ import math
 import pytest
 import torch
 
-from ibtpo.advantages import AdvParams, get_estimator
-from ibtpo.losses import policy_loss
-from ibtpo.metrics import (METRIC_DOCS, MetricsLogger, read_metrics, to_jsonable, tree_histograms,
-                           tree_metrics)
-from ibtpo.tree import add_step, new_tree
+from ibtpo.core.advantages import AdvParams, get_estimator
+from ibtpo.core.losses import policy_loss
+from ibtpo.core.tree import add_step, new_tree
+from ibtpo.metrics import (
+    METRIC_DOCS,
+    MetricsLogger,
+    read_metrics,
+    to_jsonable,
+    tree_histograms,
+    tree_metrics,
+)
 
 L = math.log
 

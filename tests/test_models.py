@@ -11,8 +11,16 @@ from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ibtpo import models
-from ibtpo.models import (PRESETS, build_model, build_tokenizer, count_parameters, encode_prompt,
-                          load_model, read_extra, save_checkpoint)
+from ibtpo.models import (
+    PRESETS,
+    build_model,
+    build_tokenizer,
+    count_parameters,
+    encode_prompt,
+    load_model,
+    read_extra,
+    save_checkpoint,
+)
 
 TEXT = "23+45-12=?\n23+45=68\n\n68-12=56\n\nanswer: 56\t<eos>" + string.printable
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ibtpo.rewards import REWARDS, get_reward_fn
+from ibtpo.data.rewards import REWARDS, get_reward_fn
 
 
 def test_registry_names_and_bad_name():

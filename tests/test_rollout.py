@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ibtpo.batch import from_trees
-from ibtpo.branching import SCORERS, get_scorer
-from ibtpo.engine import Engine, SamplingParams
-from ibtpo.rollout import RolloutParams, sample_trees, tree_requests
-from ibtpo.tree import add_step, new_tree
+from ibtpo.core.branching import SCORERS, get_scorer
+from ibtpo.core.tree import add_step, new_tree
+from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.sampler import RolloutParams, sample_trees, tree_requests
+from ibtpo.training.batch import from_trees
 
 VOCAB, PAD, BOS, EOS = 40, 0, 1, 2
 PROMPTS = [[BOS, 12, 13], [BOS, 20, 21, 22, 23], [BOS, 30]]

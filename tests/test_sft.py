@@ -9,12 +9,12 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from ibtpo.config import Config, SFTConfig
+from ibtpo.data import load_task
+from ibtpo.data.arithmetic import make_problem
+from ibtpo.data.rewards import get_reward_fn
 from ibtpo.evaluation import evaluate
 from ibtpo.models import build_model, build_tokenizer, read_extra
-from ibtpo.rewards import get_reward_fn
-from ibtpo.sft import IGNORE_INDEX, collate, lr_at, run_sft
-from ibtpo.tasks import load_task
-from ibtpo.tasks.arithmetic import make_problem
+from ibtpo.training.sft import IGNORE_INDEX, collate, lr_at, run_sft
 
 
 def easy_config(tmp_path, steps: int = 100) -> Config:

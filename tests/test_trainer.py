@@ -6,13 +6,14 @@ import random
 import pytest
 import torch
 
-from ibtpo.cli import main, resolve_config_path
-from ibtpo.config import load_config
+from ibtpo.cli import main
+from ibtpo.config import load_config, resolve_config_path
+from ibtpo.data.arithmetic import ArithmeticTask
+from ibtpo.data.rewards import get_reward_fn
 from ibtpo.evaluation import evaluate
 from ibtpo.metrics import METRIC_DOCS, read_metrics
-from ibtpo.rewards import get_reward_fn
-from ibtpo.tasks.arithmetic import ArithmeticTask
-from ibtpo.trainer import Trainer, _agg_count, sequence_logprobs
+from ibtpo.training.logprobs import sequence_logprobs
+from ibtpo.training.trainer import Trainer, _agg_count
 
 EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24", "eval.size=30",
         "eval.k=2", "train.tensorboard=false", "train.eval_every=0"]
@@ -52,9 +53,10 @@ def test_ibtpo_run_raises_reward_and_changes_parameters(warm_checkpoint, tmp_pat
     assert all(not torch.equal(b, p) for b, p in zip(before_params, trainer.model.parameters()))
     rows = read_metrics(tmp_path / "run")
     rewards = [r["rollout/reward_mean"] for r in rows if "rollout/reward_mean" in r]
-    # measured: avg@16 0.07 -> 0.30 and rollout reward 0.22 -> ~0.4 (15 steps, lr 3e-4)
+    # measured: avg@16 on the training prompts 0.07 -> 0.30; rollout reward, mean of the first 7
+    # of 15 steps 0.27, of the last 7 0.38 (one step's reward has a std of ~0.045: 96 trajectories)
     assert after > before + 0.1, (before, after)
-    assert sum(rewards[-4:]) > sum(rewards[:4]) + 0.2, rewards
+    assert sum(rewards[-7:]) / 7 > sum(rewards[:7]) / 7 + 0.05, rewards
     assert rows[-1]["rollout/trajectories_per_prompt"] == 12  # G = B0 + (L-1)*K*Bn = 4 + 8
     undocumented = {k for r in rows for k in r} - set(METRIC_DOCS) - {"step"}
     assert not undocumented, undocumented
@@ -114,7 +116,7 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(warm_checkpoint, tm
         problems = trainer.task.train_batch(3, trainer.rng)
         trees, _ = trainer.policy.grow_trees(cfg, problems, trainer.rng, trainer.generator)
         adv, _ = trainer.estimator(trees, trainer.adv_params)
-        from ibtpo.batch import from_trees
+        from ibtpo.training.batch import from_trees
 
         batch = from_trees(trees, adv, trainer.policy.tokenizer.pad_token_id)
         trainer.optimizer.zero_grad()

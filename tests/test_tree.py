@@ -1,11 +1,20 @@
-"""Tests for ibtpo.tree: step cutting, tree growth, p_hat, pi_bar (ALGORITHM.md §1)."""
+"""Tests for ibtpo.core.tree: step cutting, tree growth, p_hat, pi_bar (ALGORITHM.md §1)."""
 
 import math
 
 import pytest
 
-from ibtpo.tree import (Node, Tree, add_step, attach_response, new_tree, p_hat, path_to, pi_bar,
-                        split_steps)
+from ibtpo.core.tree import (
+    Node,
+    Tree,
+    add_step,
+    attach_response,
+    new_tree,
+    p_hat,
+    path_to,
+    pi_bar,
+    split_steps,
+)
 
 # --------------------------------------------------------------------------- fake tokenizers
 

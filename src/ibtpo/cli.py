@@ -10,23 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from ibtpo.config import Config, ConfigError, describe, load_config
-
-BUILTIN_CONFIGS = Path(__file__).parent / "configs"
-
-
-def resolve_config_path(name: str) -> Path:
-    """A file path, or the name of a built-in config (``ibtpo`` -> the packaged ibtpo.yaml)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    builtin = BUILTIN_CONFIGS / f"{path.stem}.yaml"
-    if path.suffix in ("", ".yaml") and builtin.is_file() and len(path.parts) <= 2:
-        return builtin
-    known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
-    raise ConfigError([f"--config {name}: no such file, nor a built-in config ({known})"])
+from ibtpo.config import Config, ConfigError, describe, load_config, resolve_config_path
 
 
 def _config(args: argparse.Namespace, extra: list[str] = ()) -> Config:
@@ -39,7 +24,7 @@ def cmd_sft(args):
     from rich.console import Console
 
     from ibtpo.evaluation import format_table
-    from ibtpo.sft import run_sft
+    from ibtpo.training.sft import run_sft
 
     final = run_sft(cfg, progress=not args.no_progress)
     Console().print(format_table(final, cfg.eval.k, f"warm-up: {final['steps']} steps in "
@@ -55,7 +40,7 @@ def cmd_eval(args):
 
 def cmd_train(args):
     cfg = _config(args)
-    from ibtpo.trainer import Trainer
+    from ibtpo.training.trainer import Trainer
 
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     trainer.train()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ibtpo.config import ConfigError, load_config
 from ibtpo.metrics import read_metrics
-from ibtpo.trainer import Trainer, config_with
+from ibtpo.training.trainer import Trainer, config_with
 
 TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run)
     ("G", "rollout/trajectories_per_prompt", "mean"),
@@ -142,8 +142,8 @@ DEMO_OVERRIDES = ("train.token_budget=150000", "train.eval_every=10")
 def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
              progress: bool = True) -> str:
     """Warm-up (reused if ``{out}/sft`` is complete) -> GRPO vs IB-TPO at equal token budgets."""
-    from ibtpo.cli import resolve_config_path
-    from ibtpo.sft import run_sft
+    from ibtpo.config import resolve_config_path
+    from ibtpo.training.sft import run_sft
 
     out = Path(out_dir)
     sft_dir = out / "sft"

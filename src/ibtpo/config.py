@@ -26,6 +26,21 @@ class ConfigError(ValueError):
         super().__init__(f"invalid {source} ({len(problems)} problem(s)):\n{lines}")
 
 
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name: str) -> Path:
+    """A file path, or the name of a built-in config (``ibtpo`` -> the packaged ibtpo.yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and builtin.is_file() and len(path.parts) <= 2:
+        return builtin
+    known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
+    raise ConfigError([f"--config {name}: no such file, nor a built-in config ({known})"])
+
+
 def F(default: Any, help: str, *, min: float | None = None, max: float | None = None,
       choices: tuple | None = None, min_exclusive: bool = False) -> Any:
     """A dataclass field with its documentation and range declared in one place."""

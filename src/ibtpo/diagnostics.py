@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from ibtpo.config import Config
+from ibtpo.data import load_task
 from ibtpo.metrics import tree_metrics
 from ibtpo.progress import progress_bar
-from ibtpo.tasks import load_task
-from ibtpo.trainer import Policy
+from ibtpo.rollout.policy import Policy
 
 
 def run_score(cfg: Config, model_path: str, out_json: str | None = None,

@@ -7,7 +7,7 @@
   (problems whose greedy completion could not be scored).
 - `by_terms` groups problems by `Problem.n_terms` (built-in task); rows without it (n_terms = 0)
   count in the overall figures only.
-All generation goes through `ibtpo.engine.Engine.generate`.
+All generation goes through `ibtpo.rollout.engine.Engine.generate`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ibtpo.engine import Engine, SamplingParams
+from ibtpo.data import load_task
+from ibtpo.data.rewards import get_reward_fn
 from ibtpo.models import encode_prompt, load_model, read_extra
-from ibtpo.rewards import get_reward_fn
-from ibtpo.tasks import load_task
+from ibtpo.rollout.engine import Engine, SamplingParams
 
 
 def reward_columns(problems, repeat: int = 1) -> dict[str, list]:

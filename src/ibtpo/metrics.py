@@ -26,8 +26,8 @@ from collections import Counter
 
 import numpy as np
 
-from ibtpo.ib_score import batch_ib_scores
-from ibtpo.tree import Tree, leaf_reward
+from ibtpo.core.ib_score import batch_ib_scores
+from ibtpo.core.tree import Tree, leaf_reward
 
 METRIC_DOCS: dict[str, str] = {
     "rollout/prompts": "number of prompts (trees) in the rollout batch",

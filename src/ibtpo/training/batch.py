@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ibtpo.tree import Tree
+from ibtpo.core.tree import Tree
 
 
 @dataclass

@@ -6,7 +6,7 @@ kept as text); optional `solution` (the reference response, needed for SFT) and 
 to reward functions as a column.
 
 `task.name` selects the source:
-- "arithmetic": the built-in task (ibtpo.tasks.arithmetic);
+- "arithmetic": the built-in task (ibtpo.data.arithmetic);
 - "path/to/file.jsonl" (or .json lines): one JSON object per line, blank lines skipped;
 - "path/to/file.parquet": needs pyarrow (extra `data`);
 - "hf:NAME" or "hf:NAME:SPLIT" (default split "train"): needs `datasets` (extra `data`).
@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ibtpo.config import TaskConfig
-from ibtpo.tasks.arithmetic import ArithmeticTask, Problem
+from ibtpo.data.arithmetic import ArithmeticTask, Problem
 
 KNOWN_FIELDS = ("prompt", "answer", "solution", "n_terms")
 

@@ -1,6 +1,6 @@
 """Grows the rollout trees: initial chains, branching rounds, rewards, token accounting.
 
-Implements ALGORITHM.md §3 (IBTree and the other branch scorers of `ibtpo.branching`). One tree
+Implements ALGORITHM.md §3 (IBTree and the other branch scorers of `ibtpo.core.branching`). One tree
 per prompt (P prompts, G trajectories per tree):
 1. round 0: `b0` independent responses from each root, cut into chains of steps, leaves scored;
 2. rounds 1 .. L-1: per tree, score the candidate nodes, pick the top `k` (`select_nodes`, ties
@@ -22,7 +22,7 @@ Choices (config key in brackets):
   node (less room, fewer tokens). The `b0` initial chains must fit:
   `token_budget >= b0 · max_new_tokens`.
 - Unscorable leaves (reward function returned None) keep `reward = None`, count as 0.0 in every
-  value (see `ibtpo.tree.leaf_reward`) and are counted in `rollout/unscorable`.
+  value (see `ibtpo.core.tree.leaf_reward`) and are counted in `rollout/unscorable`.
 - Steps are cut on decoded text at [`step_delimiter`]; identical sibling steps are merged iff
   [`merge_identical_steps`]. The reward function sees `decode(response token ids)`.
 Metrics: rollout/generated_tokens, rollout/num_trajectories, rollout/unscorable, rollout/rounds,
@@ -38,9 +38,9 @@ from typing import Callable
 
 import torch
 
-from ibtpo.branching import BranchParams, get_scorer, select_nodes
-from ibtpo.engine import SamplingParams
-from ibtpo.tree import Node, Tree, attach_response, leaf_reward, new_tree
+from ibtpo.core.branching import BranchParams, get_scorer, select_nodes
+from ibtpo.core.tree import Node, Tree, attach_response, leaf_reward, new_tree
+from ibtpo.rollout.engine import SamplingParams
 
 
 @dataclass

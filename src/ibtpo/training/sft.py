@@ -39,11 +39,11 @@ from pathlib import Path
 
 import torch
 
+from ibtpo.data import load_task
+from ibtpo.data.rewards import get_reward_fn
 from ibtpo.evaluation import evaluate, held_out
 from ibtpo.models import check_replaceable, encode_prompt, load_model, save_checkpoint
 from ibtpo.progress import progress_bar
-from ibtpo.rewards import get_reward_fn
-from ibtpo.tasks import load_task
 
 LOG_FILE = "sft_log.jsonl"
 IGNORE_INDEX = -100  # label of tokens not trained on (prompt, padding)

@@ -19,83 +19,21 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ibtpo.advantages import AdvParams, get_estimator
-from ibtpo.batch import Batch, from_trees
 from ibtpo.config import Config
-from ibtpo.engine import Engine, SamplingParams
-from ibtpo.evaluation import evaluate
-from ibtpo.losses import policy_loss
+from ibtpo.core.advantages import AdvParams, get_estimator
+from ibtpo.core.losses import policy_loss
+from ibtpo.data import load_task
 from ibtpo.metrics import MetricsLogger, tree_metrics
-from ibtpo.models import encode_prompt, load_model, resolve_device, save_checkpoint
+from ibtpo.models import save_checkpoint
 from ibtpo.progress import progress_bar
-from ibtpo.rewards import get_reward_fn
-from ibtpo.rollout import RolloutParams, sample_trees
-from ibtpo.tasks import load_task
+from ibtpo.rollout.policy import Policy
+from ibtpo.training.batch import Batch, from_trees
+from ibtpo.training.logprobs import sequence_logprobs
 
 STATE_FILE = "trainer_state.pt"
 
 
-def sequence_logprobs(model, input_ids, attention_mask, temperature: float = 1.0):
-    """Log-prob and entropy of every token under softmax(logits / T); position t scores token t.
-
-    Returns ``(logprobs, entropy)``, both ``(N, T)`` float32, 0 at position 0.
-    """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids).logits[:, :-1].float() / temperature  # (N, T-1, V)
-    logp = torch.log_softmax(logits, dim=-1)
-    token_logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
-    entropy = -(logp.exp() * logp).sum(-1)  # (N, T-1)
-    return F.pad(token_logp, (1, 0)), F.pad(entropy, (1, 0))
-
-
-def rollout_params(cfg: Config) -> RolloutParams:
-    r = cfg.rollout
-    independent = r.scorer == "independent"
-    return RolloutParams(
-        scorer=r.scorer, b0=r.b0, rounds=1 if independent else r.rounds, k=r.k, bn=r.bn,
-        max_new_tokens=cfg.sampling.max_new_tokens, step_delimiter=r.step_delimiter,
-        merge_identical_steps=r.merge_identical_steps, branch_from_root=r.branch_from_root,
-        beta=cfg.advantage.beta, prob_norm=r.prob_norm, token_budget=r.token_budget)
-
-
-def sampling_params(cfg: Config) -> SamplingParams:
-    s = cfg.sampling
-    return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
-
-
-class Policy:
-    """A model, its tokenizer and a generation engine over it: what rollouts and evals need."""
-
-    def __init__(self, cfg: Config, model_path: str):
-        if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"model.device: got {cfg.model.device!r}, but CUDA is not available")
-        self.device = resolve_device(cfg.model.device)
-        self.model, self.tokenizer = load_model(model_path, str(self.device), cfg.model.dtype)
-        self.model.eval()
-        self.reward_fn = get_reward_fn(cfg.task.reward)
-        self.engine = Engine(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-                             batch_size=cfg.eval.batch_size)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def grow_trees(self, cfg: Config, problems, rng: random.Random, generator: torch.Generator):
-        """One tree per problem (ALGORITHM.md §3); returns (trees, metrics)."""
-        prompts = [encode_prompt(self.tokenizer, p.prompt) for p in problems]
-        metas = [p.columns() for p in problems]
-        return sample_trees(self.engine, prompts, [p.prompt for p in problems], metas,
-                            self.reward_fn, self.decode, rollout_params(cfg),
-                            sampling_params(cfg), rng, generator)
-
-    def evaluate(self, cfg: Config, problems, seed: int) -> dict:
-        res = evaluate(self.model, self.tokenizer, problems, self.reward_fn,
-                       k=cfg.eval.k, temperature=cfg.eval.temperature,
-                       max_new_tokens=cfg.sampling.max_new_tokens,
-                       batch_size=cfg.eval.batch_size, seed=seed)
-        return {"eval/pass@1": res["pass@1"], "eval/avg@k": res[f"avg@{cfg.eval.k}"]}
 
 
 class Trainer:

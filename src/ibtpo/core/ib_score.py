@@ -14,7 +14,7 @@ Choices (config key in brackets):
 - `beta` [`beta`, default 5] must be > 0.
 - Merged siblings [`merge_identical_steps`]: a child with `count` k counts k times in every mean
   (the sum and B), as ALGORITHM §2 says.
-- `pi_bar` normalisation [`prob_norm`]: see `ibtpo.tree.pi_bar`.
+- `pi_bar` normalisation [`prob_norm`]: see `ibtpo.core.tree.pi_bar`.
 `ib_score` is the per-node reference; `edge_arrays` + `scores_from_edges` are the vectorised form
 used by `node_ib_scores` (whole tree) and `batch_ib_scores` (many trees); the tests check both agree.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ibtpo.tree import Node, Tree, p_hat, pi_bar
+from ibtpo.core.tree import Node, Tree, p_hat, pi_bar
 
 
 def check_beta(beta: float) -> None:

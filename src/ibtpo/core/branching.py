@@ -26,8 +26,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from ibtpo.ib_score import check_beta, node_ib_scores
-from ibtpo.tree import PROB_NORMS, Node, Tree
+from ibtpo.core.ib_score import check_beta, node_ib_scores
+from ibtpo.core.tree import PROB_NORMS, Node, Tree
 
 
 @dataclass

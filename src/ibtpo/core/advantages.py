@@ -30,8 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from ibtpo.ib_score import check_beta, edge_arrays, eta1, ratio
-from ibtpo.tree import PROB_NORMS, Node, Tree, leaf_reward
+from ibtpo.core.ib_score import check_beta, edge_arrays, eta1, ratio
+from ibtpo.core.tree import PROB_NORMS, Node, Tree, leaf_reward
 
 
 @dataclass

@@ -7,7 +7,7 @@ column `answer` (the reference) and ignore the others. A completion may be a str
 passes conversational data, a list of messages (the last message's content is scored).
 
 Registry `REWARDS` (config key `task.reward`):
-- "arithmetic": the built-in task's verifier (ibtpo.tasks.arithmetic.verify): only the last
+- "arithmetic": the built-in task's verifier (ibtpo.data.arithmetic.verify): only the last
   "answer: <integer>" line counts.
 - "numeric": the last number in the completion equals the reference number (relative tolerance
   1e-6; thousands separators "1,234" accepted; reference must be a plain number).
@@ -23,7 +23,7 @@ import math
 import re
 from typing import Callable
 
-from ibtpo.tasks.arithmetic import verify
+from ibtpo.data.arithmetic import verify
 
 RewardFn = Callable[..., list]
 NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+")
@@ -47,7 +47,7 @@ def check_lengths(completions: list, answer: list) -> None:
 
 
 def arithmetic_reward(prompts, completions, answer=None, **_) -> list[float | None]:
-    """The built-in task's verifier on each completion (see `ibtpo.tasks.arithmetic.verify`)."""
+    """The built-in task's verifier on each completion (see `ibtpo.data.arithmetic.verify`)."""
     check_lengths(completions, answer)
     return [verify(completion_text(c), str(a)) for c, a in zip(completions, answer)]
 
@@ -84,7 +84,8 @@ def numeric_reward(prompts, completions, answer=None, **_) -> list[float | None]
 def import_math_verify():
     """(parse, verify) from math_verify, or an ImportError naming the extra to install."""
     try:
-        from math_verify import parse, verify as mv_verify
+        from math_verify import parse
+        from math_verify import verify as mv_verify
     except ImportError:
         raise ImportError("reward 'math_verify' needs the math_verify package: "
                           "pip install 'ibtpo[math]'") from None
