@@ -1,24 +1,97 @@
 """Per-token log-probs and entropies of whole sequences under the training forward.
 
-Shape letters: N sequences, T tokens, V vocabulary size. Position t scores token t (predicted from
-the logits at t - 1); position 0 holds 0.
+Shape letters: N sequences (rows), T tokens, V vocabulary size. Position t scores token t
+(predicted from the logits at t - 1); position 0 holds 0.
+
+Memory at real vocabulary sizes (150k for Qwen): the model's logits (N, T, V) stay in the model's
+dtype; log-softmax runs in fp32 on chunks of at most `chunk_tokens` positions, and when gradients
+are needed each chunk runs under activation checkpointing, so autograd keeps no fp32 (N, T, V)
+tensor, only the model's own logits (the fp32 chunk is recomputed in the backward pass).
+Entropy costs one more pass over the logits: it is computed only when asked for, and with a
+gradient only when it is trained (`entropy="grad"`, the entropy bonus); `entropy="metric"`
+computes it without a graph. Training forwards never build a KV cache (`use_cache=False`).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+ENTROPY_MODES = (None, "metric", "grad")
+CHUNK_TOKENS = 4096  # positions per fp32 chunk: 4096 x 150k vocab x 4 bytes = 2.4 GB at most
 
 
-def sequence_logprobs(model, input_ids, attention_mask, temperature: float = 1.0):
-    """Log-prob and entropy of every token under softmax(logits / T); position t scores token t.
+def _chunk_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """log softmax(logits / T)[target] in fp32 for one chunk: (n, V), (n,) -> (n,)."""
+    scaled = logits.float() / temperature
+    return scaled.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(scaled, dim=-1)
 
-    Returns ``(logprobs, entropy)``, both ``(N, T)`` float32, 0 at position 0.
+
+def _chunk_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Entropy of softmax(logits / T) in fp32 for one chunk: (n, V) -> (n,)."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _chunked(fn, flat_logits: torch.Tensor, *args, chunk_tokens: int, grad: bool) -> torch.Tensor:
+    """Apply `fn` to row chunks of (M, V) logits; checkpointed when a graph is wanted."""
+    outs = []
+    for i in range(0, flat_logits.shape[0], chunk_tokens):
+        part = [flat_logits[i:i + chunk_tokens]] + [
+            a[i:i + chunk_tokens] if isinstance(a, torch.Tensor) else a for a in args]
+        if grad and torch.is_grad_enabled() and flat_logits.requires_grad:
+            outs.append(checkpoint(fn, *part, use_reentrant=False))
+        else:
+            outs.append(fn(*part))
+    return torch.cat(outs) if outs else flat_logits.new_zeros((0,), dtype=torch.float32)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
+    """log softmax(logits / T) at `targets`: (N, T, V), (N, T) -> (N, T) fp32."""
+    n, t, v = logits.shape
+    flat = _chunked(_chunk_logprobs, logits.reshape(n * t, v), targets.reshape(n * t),
+                    temperature, chunk_tokens=chunk_tokens, grad=True)
+    return flat.view(n, t)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0, grad: bool = False,
+                  chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
+    """Entropy of softmax(logits / T) per position: (N, T, V) -> (N, T) fp32."""
+    n, t, v = logits.shape
+    if not grad:
+        with torch.no_grad():
+            return _chunked(_chunk_entropy, logits.detach().reshape(n * t, v), temperature,
+                            chunk_tokens=chunk_tokens, grad=False).view(n, t)
+    return _chunked(_chunk_entropy, logits.reshape(n * t, v), temperature,
+                    chunk_tokens=chunk_tokens, grad=True).view(n, t)
+
+
+def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) position ids counting real tokens from 0 (padding clamped to 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      temperature: float = 1.0, *, position_ids: torch.Tensor | None = None,
+                      entropy: str | None = "metric", chunk_tokens: int = CHUNK_TOKENS):
+    """Log-prob of every token under softmax(logits / T), and optionally its entropy.
+
+    `attention_mask` is the usual (N, T) padding mask, or any mask the model accepts (e.g. a 4-D
+    boolean mask for packed trees, with explicit `position_ids`). `entropy` is one of
+    ENTROPY_MODES: None (not computed), "metric" (no gradient) or "grad" (with gradient).
+    Returns `(logprobs, entropy)`, both (N, T) fp32 with 0 at position 0; entropy is None when
+    not asked for.
     """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids).logits[:, :-1].float() / temperature  # (N, T-1, V)
-    logp = torch.log_softmax(logits, dim=-1)
-    token_logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
-    entropy = -(logp.exp() * logp).sum(-1)  # (N, T-1)
-    return F.pad(token_logp, (1, 0)), F.pad(entropy, (1, 0))
+    if entropy not in ENTROPY_MODES:
+        raise ValueError(f"entropy: expected one of {ENTROPY_MODES}, got {entropy!r}")
+    if position_ids is None:
+        position_ids = default_position_ids(attention_mask)  # (N, T)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits[:, :-1]  # (N, T-1, V), model dtype
+    logp = F.pad(token_logprobs(logits, input_ids[:, 1:], temperature, chunk_tokens), (1, 0))
+    if entropy is None:
+        return logp, None
+    ent = token_entropy(logits, temperature, grad=entropy == "grad", chunk_tokens=chunk_tokens)
+    return logp, F.pad(ent, (1, 0))

@@ -108,12 +108,14 @@ class Trainer:
 
     def micro_step(self, mb: Batch):
         temp = self.cfg.sampling.temperature
-        logprobs, entropy = sequence_logprobs(self.model, mb.input_ids, mb.attention_mask, temp)
+        entropy_mode = "grad" if self.cfg.loss.entropy_coef > 0 else "metric"
+        logprobs, entropy = sequence_logprobs(self.model, mb.input_ids, mb.attention_mask, temp,
+                                              entropy=entropy_mode)
         ref_logprobs = None
         if self.ref_model is not None:
             with torch.no_grad():
                 ref_logprobs, _ = sequence_logprobs(self.ref_model, mb.input_ids,
-                                                    mb.attention_mask, temp)
+                                                    mb.attention_mask, temp, entropy=None)
         lc = self.cfg.loss
         return policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
                            eps_low=lc.eps_low, eps_high=lc.eps_high, ref_logprobs=ref_logprobs,
