@@ -70,7 +70,7 @@ def test_bad_task_names_and_sizes(tmp_path):
     with pytest.raises(ValueError, match="expected 'arithmetic', a .jsonl/.parquet file"):
         load_task(TaskConfig(name="data.csv"))
     small = write_jsonl(tmp_path / "small.jsonl", rows(5))
-    with pytest.raises(ValueError, match="5 rows, but task.eval_size=5"):
+    with pytest.raises(ValueError, match="5 distinct prompts, but task.eval_size=5"):
         load_task(TaskConfig(name=str(small), eval_size=5))
     empty = write_jsonl(tmp_path / "empty.jsonl", [""])
     with pytest.raises(ValueError, match="no rows"):

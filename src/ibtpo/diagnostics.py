@@ -9,24 +9,22 @@ them together: Eff-Rate, Avg-Rate, IB-Score over branch candidates and at the ro
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
-
-import torch
 
 from ibtpo.config import Config
 from ibtpo.data import load_task
 from ibtpo.metrics import tree_metrics
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
+from ibtpo.seeding import BRANCHING, SAMPLING, stream_generator, stream_rng
 
 
 def run_score(cfg: Config, model_path: str, out_json: str | None = None,
               progress: bool = True) -> dict:
     policy = Policy(cfg, model_path)
     problems = load_task(cfg.task).eval_set()[: cfg.eval.size]
-    rng = random.Random(cfg.train.seed)
-    generator = torch.Generator(policy.device).manual_seed(cfg.train.seed)
+    rng = stream_rng(cfg.train.seed, BRANCHING)
+    generator = stream_generator(cfg.train.seed, SAMPLING, policy.device)
     chunk, trees, generated = cfg.train.prompts_per_step, [], 0
     with progress_bar(progress, len(problems), unit="prompts", description="scoring") as bar:
         for i in range(0, len(problems), chunk):

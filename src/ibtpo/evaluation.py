@@ -1,8 +1,8 @@
 """Held-out evaluation: greedy pass@1 and sampled avg@k, overall and per number of terms.
 
 - pass@1: mean reward of one greedy completion per problem.
-- avg@k: mean reward of `k` completions per problem sampled at `temperature` (seeded by `seed`
-  through a torch.Generator); skipped when k = 0.
+- avg@k: mean reward of `k` completions per problem sampled at `temperature` (the `eval/sampling`
+  stream of `seed`, `ibtpo.seeding`); skipped when k = 0.
 - A `None` reward (the problem cannot be scored) counts as 0 and is counted in `unscorable`
   (problems whose greedy completion could not be scored).
 - `by_terms` groups problems by `Problem.n_terms` (built-in task); rows without it (n_terms = 0)
@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ibtpo.data import load_task
 from ibtpo.data.rewards import get_reward_fn
 from ibtpo.models import encode_prompt, load_model, read_extra
 from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.seeding import EVAL_SAMPLING, stream_generator
 
 
 def reward_columns(problems, repeat: int = 1) -> dict[str, list]:
@@ -80,7 +79,7 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     sampled = None
     if k > 0:
         device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = stream_generator(seed, EVAL_SAMPLING, device)
         sampled, _ = generate_and_score(engine, tokenizer, problems, reward_fn, k, max_new_tokens,
                                         SamplingParams(temperature=temperature), generator)
     result = {"pass@1": mean_reward(greedy), "count": len(problems),

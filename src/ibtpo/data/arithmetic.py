@@ -15,7 +15,7 @@ Choices (config keys in brackets):
   below 0 is redrawn (with the same number of terms, so the term mix is exactly as configured;
   this makes '+' more frequent than '-' in longer chains).
 - Splits [`task.seed`, `task.eval_size`]: the held-out set is the first `eval_size` distinct
-  problems drawn from `random.Random(seed)`; training draws (from the caller's generator) reject any
+  problems drawn from the held-out stream of `task.seed` (`ibtpo.seeding`); training draws (from the caller's generator) reject any
   problem whose prompt is in the held-out set, so the splits are disjoint for every seed. A
   held-out set as large as the whole problem space (`count_problems`) is a ValueError.
 - Verifier: only the last line of the form "answer: <integer>" counts (see `verify`).
@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from ibtpo.config import TaskConfig
+from ibtpo.seeding import HELD_OUT, stream_rng
 
 ANSWER_RE = re.compile(r"^[ \t]*answer:[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
 INT_RE = re.compile(r"[+-]?\d+")
@@ -162,8 +163,8 @@ class ArithmeticTask:
         self._eval_prompts = {p.prompt for p in self._eval}
 
     def _draw_eval_set(self) -> list[Problem]:
-        """The first `eval_size` distinct problems drawn from `random.Random(seed)`."""
-        rng, seen, out = random.Random(self.cfg.seed), set(), []
+        """The first `eval_size` distinct problems of the held-out stream of `task.seed`."""
+        rng, seen, out = stream_rng(self.cfg.seed, HELD_OUT), set(), []
         for _ in range(MAX_DRAWS_PER_PROBLEM * self.cfg.eval_size):
             if len(out) == self.cfg.eval_size:
                 return out

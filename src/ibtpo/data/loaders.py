@@ -11,7 +11,8 @@ to reward functions as a column.
 - "path/to/file.parquet": needs pyarrow (extra `data`);
 - "hf:NAME" or "hf:NAME:SPLIT" (default split "train"): needs `datasets` (extra `data`).
 
-Split (choice): the held-out set is `task.eval_size` rows picked with `random.Random(task.seed)`
+Split (choice): the held-out set is `task.eval_size` distinct prompts (their first rows), picked
+with the held-out stream of `task.seed` (`ibtpo.seeding`)
 (so a file sorted by difficulty still gives a representative held-out set); the remaining rows
 whose prompt is not held out form the training split, sampled with replacement by `train_batch`.
 Bad input raises ValueError naming the file, the line (or row) and the field.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from ibtpo.config import TaskConfig
 from ibtpo.data.arithmetic import ArithmeticTask, Problem
+from ibtpo.seeding import HELD_OUT, stream_rng
 
 KNOWN_FIELDS = ("prompt", "answer", "solution", "n_terms")
 
@@ -121,17 +123,15 @@ class DatasetTask:
     """A task over loaded problems, with the interface of ArithmeticTask (seeded split)."""
 
     def __init__(self, cfg: TaskConfig, problems: list[Problem]):
-        if len(problems) <= cfg.eval_size:
-            raise ValueError(f"{cfg.name}: {len(problems)} rows, but task.eval_size="
-                             f"{cfg.eval_size} are held out; expected more rows than eval_size")
+        first = list({p.prompt: i for i, p in reversed(list(enumerate(problems)))}.values())
+        if len(first) <= cfg.eval_size:
+            raise ValueError(f"{cfg.name}: {len(first)} distinct prompts, but task.eval_size="
+                             f"{cfg.eval_size} are held out; expected more than eval_size")
         self.cfg, self.name = cfg, cfg.name
-        held = set(random.Random(cfg.seed).sample(range(len(problems)), cfg.eval_size))
-        self._eval = [problems[i] for i in sorted(held)]
+        held = set(stream_rng(cfg.seed, HELD_OUT).sample(sorted(first), cfg.eval_size))
+        self._eval = [problems[i] for i in sorted(held)]  # distinct prompts
         eval_prompts = {p.prompt for p in self._eval}
-        self._train = [p for i, p in enumerate(problems)
-                       if i not in held and p.prompt not in eval_prompts]
-        if not self._train:
-            raise ValueError(f"{cfg.name}: every training row repeats a held-out prompt")
+        self._train = [p for p in problems if p.prompt not in eval_prompts]
 
     def eval_set(self) -> list[Problem]:
         """The held-out rows, in file order."""

@@ -2,7 +2,7 @@
 
 Shape letters: B problems per step, T tokens (prompt + response + EOS, right-padded).
 
-Each step draws `sft.batch_size` training problems (`random.Random(sft.seed)`), builds
+Each step draws `sft.batch_size` training problems (the `sft/problems` stream of `sft.seed`), builds
 BOS + prompt + solution + EOS sequences and minimises the mean cross-entropy over the response
 tokens and the EOS (never the prompt, never padding). Choices (config keys in brackets):
 - AdamW [`sft.lr`, `sft.weight_decay` on matrices only], betas (0.9, 0.95), grad clipping
@@ -44,6 +44,7 @@ from ibtpo.data.rewards import get_reward_fn
 from ibtpo.evaluation import evaluate, held_out
 from ibtpo.models import check_replaceable, encode_prompt, load_model, save_checkpoint
 from ibtpo.progress import progress_bar
+from ibtpo.seeding import SFT_INIT, SFT_PROBLEMS, stream_rng, stream_seed
 
 LOG_FILE = "sft_log.jsonl"
 IGNORE_INDEX = -100  # label of tokens not trained on (prompt, padding)
@@ -177,14 +178,15 @@ class SFTRun:
     def __init__(self, cfg, progress: bool):
         self.cfg, self.s = cfg, cfg.sft
         self.model, self.tokenizer = load_model(cfg.model.name_or_path, cfg.model.device,
-                                                cfg.model.dtype, seed=cfg.sft.seed)
+                                                cfg.model.dtype,
+                                                seed=stream_seed(cfg.sft.seed, SFT_INIT))
         self.device = next(self.model.parameters()).device
         self.task = load_task(cfg.task)
         check_solutions(self.task, cfg.task.name)
         self.reward_fn = get_reward_fn(cfg.task.reward)
         self.eval_problems = self.task.eval_set()[:self.s.eval_size]
         self.optimizer = make_optimizer(self.model, self.s)
-        self.rng = random.Random(self.s.seed)
+        self.rng = stream_rng(self.s.seed, SFT_PROBLEMS)
         self.out_dir = Path(self.s.out_dir)
         check_replaceable(self.out_dir, [LOG_FILE])  # fail now, not after training
         self.progress = progress

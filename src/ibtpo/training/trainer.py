@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from ibtpo.metrics import MetricsLogger, tree_metrics
 from ibtpo.models import save_checkpoint
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
+from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
 from ibtpo.training.batch import Batch, from_trees
 from ibtpo.training.logprobs import sequence_logprobs
 
@@ -57,8 +57,10 @@ class Trainer:
         a = cfg.advantage
         self.adv_params = AdvParams(beta=a.beta, lam=a.lam, prob_norm=cfg.rollout.prob_norm,
                                     ib_adv_on_zero_var_groups=a.ib_adv_on_zero_var_groups)
-        self.rng = random.Random(cfg.train.seed)
-        self.generator = torch.Generator(self.policy.device).manual_seed(cfg.train.seed)
+        seed = cfg.train.seed
+        self.problem_rng = stream_rng(seed, TRAIN_PROBLEMS)  # which prompts, step after step
+        self.rng = stream_rng(seed, BRANCHING)  # tie-breaking and the random scorer
+        self.generator = stream_generator(seed, SAMPLING, self.policy.device)  # token sampling
         self.step, self.generated_tokens = 0, 0
         if resume:
             self.load_checkpoint(self.out / "checkpoint")
@@ -68,7 +70,7 @@ class Trainer:
     def train_step(self) -> dict:
         """Sample P trees, compute step advantages, update the policy; returns the step's metrics."""
         t0 = time.perf_counter()
-        problems = self.task.train_batch(self.cfg.train.prompts_per_step, self.rng)
+        problems = self.task.train_batch(self.cfg.train.prompts_per_step, self.problem_rng)
         trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng, self.generator)
         advantages, adv_metrics = self.estimator(trees, self.adv_params)
         batch = from_trees(trees, advantages, self.policy.tokenizer.pad_token_id)
@@ -136,7 +138,7 @@ class Trainer:
         return self.generated_tokens >= t.token_budget if t.token_budget else self.step >= t.steps
 
     def evaluate(self) -> dict:
-        return self.policy.evaluate(self.cfg, self.eval_problems, seed=self.cfg.train.seed)
+        return self.policy.evaluate(self.cfg, self.eval_problems, seed=self.cfg.eval.seed)
 
     def train(self) -> dict:
         """Run until ``train.steps`` (or ``train.token_budget`` generated tokens); return the last
@@ -179,6 +181,7 @@ class Trainer:
         return {"step": self.step, "generated_tokens": self.generated_tokens,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "python_rng": self.rng.getstate(),
+                "problem_rng": self.problem_rng.getstate(),
                 "torch_generator": self.generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
 
@@ -197,6 +200,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.generated_tokens = state["step"], state["generated_tokens"]
         self.rng.setstate(state["python_rng"])
+        self.problem_rng.setstate(state["problem_rng"])
         self.generator.set_state(state["torch_generator"])
         torch.set_rng_state(state["torch_rng"])
 
