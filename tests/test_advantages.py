@@ -60,6 +60,26 @@ def test_ibtpo_hand_tree():
     assert m["adv/zero_var_frac"] == 0.0
 
 
+def test_ibtpo_hand_tree_with_reference_step_probabilities():
+    t = hand_tree()
+    a, l1, l2 = t.root.children[0], *t.root.children[0].children
+    l3 = t.root.children[1]
+    for node, p in ((a, 0.4), (l1, 0.5), (l2, 0.1), (l3, 1.0)):  # reference pi_bar per step
+        node.ref_logprobs = [L(p)] * len(node.token_ids)
+    adv, _ = get_estimator("ibtpo")([t], AdvParams(beta=5.0, lam=0.1, ib_prob="ref"))
+    # A_GL as above; A_IB with pi_ref: A (0.75-1.2)*.4 = -.18; L1 (2-1.2)*.5 = .4;
+    # L2 (0-1.2)*.1 = -.12; L3 (1.5-1.2)*1 = .3
+    a_step = -1 / (6 * D) + 0.1 * -0.18
+    expected = [[a_step, 1 / (3 * D) + 0.04], [a_step, -2 / (3 * D) - 0.012], [1 / (3 * D) + 0.03]]
+    for got, exp in zip(adv[0], expected):
+        assert got == pytest.approx(exp, abs=1e-12)
+    l3.ref_logprobs = None
+    with pytest.raises(ValueError, match="reference log-probs"):
+        get_estimator("ibtpo")([t], AdvParams(ib_prob="ref"))
+    with pytest.raises(ValueError, match="ib_prob"):
+        AdvParams(ib_prob="pi_ref")
+
+
 def test_grpo_hand_tree():
     adv, _ = get_estimator("grpo")([hand_tree()], AdvParams())
     # (R - 2/3)/D per trajectory, on every step

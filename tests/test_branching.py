@@ -58,12 +58,25 @@ def test_ib_scorer_picks_root_or_a():
     assert list(s2) == [a] and select_nodes(s2, 1, rng) == [a]
 
 
-def test_entropy_scorer():
+def test_entropy_scorer_scores_the_step_a_branch_resamples():
     t, a = hand_tree()
     s = get_scorer("entropy")(t, BranchParams(), random.Random(0))
-    # A: mean(1, 3) = 2; root: mean over its children's step entropies = (2 + 9)/2 = 5.5
-    assert s == {t.root: pytest.approx(5.5), a: pytest.approx(2.0)}
-    assert get_scorer("entropy")(t, BranchParams(branch_from_root=False), random.Random(0)) == {a: 2.0}
+    # a branch from A resamples A's child step: mean(5 [L1], 7 [L2]) = 6 (A's own step, mean 2,
+    # is not resampled); from the root: mean(2 [A's step], 9 [L3's]) = 5.5 -> A is picked
+    assert s == {t.root: pytest.approx(5.5), a: pytest.approx(6.0)}
+    assert select_nodes(s, 1, random.Random(0)) == [a]
+    assert get_scorer("entropy")(t, BranchParams(branch_from_root=False), random.Random(0)) == {a: 6.0}
+
+
+def test_entropy_scorer_counts_merged_children():
+    t = new_tree([0])
+    a = add_step(t, t.root, [1], [0.0], [1.0])
+    add_step(t, a, [2], [0.0], [2.0], terminal=True, reward=0.0)
+    b = add_step(t, t.root, [3], [0.0], [4.0])
+    b.count = 3  # sampled three times from the root, merged into one node
+    add_step(t, b, [4], [0.0], [0.0], terminal=True, reward=1.0)
+    # root: (1 * 1.0 + 3 * 4.0) / 4 = 3.25
+    assert get_scorer("entropy")(t, BranchParams(), random.Random(0))[t.root] == pytest.approx(3.25)
 
 
 def test_width_scorer_breadth_first():

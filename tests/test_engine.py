@@ -158,6 +158,15 @@ def test_truncate_by_hand():
     assert truncate(logp, 2, 0.4).isfinite()[0].tolist() == [True, False, False]
 
 
+def test_top_p_after_top_k_uses_renormalised_survivors():
+    """probs (0.5, 0.3, 0.2), top_k 2 -> survivors renormalised to (0.625, 0.375); top_p 0.6: the
+    second token has 0.625 >= 0.6 of mass before it, so only the first survives (without the
+    renormalisation its mass before would be 0.5 < 0.6 and it would be kept, unlike HF / vLLM)."""
+    logp = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    assert truncate(logp, 2, 0.6).isfinite()[0].tolist() == [True, False, False]
+    assert truncate(logp, 2, 0.7).isfinite()[0].tolist() == [True, True, False]
+
+
 def test_draw_matches_probabilities():
     """20k Gumbel-max draws from (0.5, 0.3, 0.2): frequencies within 0.015 (≈ 4 std)."""
     logp = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(20000, 3)

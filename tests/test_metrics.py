@@ -37,6 +37,14 @@ def hand_trees():
     return [t1, t2]
 
 
+def chain_tree():
+    """root -> C (pi .9) -> L (pi .6, R 1): no node has 2 children (cov 0 by construction)."""
+    t = new_tree([0])
+    c = add_step(t, t.root, [1], [L(0.9)], [0])
+    add_step(t, c, [2], [L(0.6)], [0], terminal=True, reward=1.0)
+    return t
+
+
 def test_tree_metrics_hand():
     m = tree_metrics(hand_trees(), beta=5.0)
     assert m["rollout/prompts"] == 2.0
@@ -46,16 +54,29 @@ def test_tree_metrics_hand():
     assert m["rollout/generated_tokens_per_prompt"] == pytest.approx(3.5)   # (5 + 2)/2
     assert m["rollout/trajectories_per_1k_tokens"] == pytest.approx(5000 / 7)
     assert m["rollout/response_len_mean"] == pytest.approx(9 / 5)    # 3, 3, 1, 1, 1
-    # candidates: T1 root 0.0075, T1 A -0.2, T2 root -0.075
+    # branch points (>= 2 children): T1 root 0.0075, T1 A -0.2, T2 root -0.075
+    assert m["tree/branch_points"] == pytest.approx(1.5)
     assert m["tree/ib_score"] == pytest.approx((0.0075 - 0.2 - 0.075) / 3)
     assert m["tree/ib_score_root"] == pytest.approx((0.0075 - 0.075) / 2)
     assert m["tree/tsallis"] == pytest.approx((0.35 + 0.625 + 0.625) / 3)
+    assert m["tree/tsallis_root"] == pytest.approx((0.35 + 0.625) / 2)
     assert m["tree/cov"] == pytest.approx((0.05625 - 0.125 + 0.0) / 3)
+    assert m["tree/cov_root"] == pytest.approx((0.05625 + 0.0) / 2)
     assert m["tree/depth_mean"] == pytest.approx(1.4) and m["tree/depth_max"] == 2.0  # 2,2,1,1,1
     assert m["tree/nodes_per_tree"] == pytest.approx(3.0)           # (4 + 2)/2
     assert m["tree/branching_mean"] == pytest.approx(2.0)
     assert all(isinstance(v, float) for v in m.values())
     json.dumps(m)
+
+
+def test_ib_means_skip_one_child_chain_nodes():
+    with_chain = tree_metrics(hand_trees() + [chain_tree()], beta=5.0)
+    without = tree_metrics(hand_trees(), beta=5.0)
+    for key in ("tree/ib_score", "tree/cov", "tree/tsallis", "tree/ib_score_root", "tree/cov_root"):
+        assert with_chain[key] == pytest.approx(without[key]), key
+    alone = tree_metrics([chain_tree()], beta=5.0)  # nothing to average: NaN, logged as null
+    assert math.isnan(alone["tree/ib_score"]) and math.isnan(alone["tree/cov_root"])
+    assert alone["tree/branch_points"] == 0.0
 
 
 def test_histograms_hand():

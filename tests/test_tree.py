@@ -65,6 +65,15 @@ def test_split_char_tokenizer_ends_on_delimiter_and_no_delimiter():
     assert split_steps(enc("\n\n\n\n"), dec) == [(0, 2), (2, 4)]
 
 
+def test_split_folds_a_trailing_eos_only_step_into_the_step_before():
+    enc, dec = char_codec()
+    eos = 0  # decodes to "" (like a special token decoded with skip_special_tokens=True)
+    ids = enc("ab\n\ncd\n\n") + [eos]
+    # without folding: (0, 4), (4, 8), (8, 9) -- the last step would hold only EOS
+    assert split_steps(ids, lambda t: dec([i for i in t if i != eos])) == [(0, 4), (4, 9)]
+    assert split_steps([eos], lambda t: "") == [(0, 1)]  # a lone EOS stays one (empty) step
+
+
 def test_split_bpe_delimiter_inside_larger_token():
     # tokens: "a" ".\n\nThe" " c" -> the delimiter is completed by token 1, which ends step 1.
     assert split_steps([0, 2, 7], bpe_decode) == [(0, 2), (2, 3)]

@@ -122,6 +122,9 @@ class AdvantageConfig:
     beta: float = F(5.0, "IB trade-off beta (> 0)", min=0.0, min_exclusive=True)
     lam: float = F(0.1, "weight lambda of A_IB (paper: 0.1; 0.5 collapsed)", min=0.0)
     ib_adv_on_zero_var_groups: bool = F(True, "apply A_IB in groups whose rewards are all equal")
+    ib_prob: str = F("old", "pi_bar in A_IB: 'old' = sampling policy (choice), 'ref' = reference "
+                     "model (as the paper writes pi_ref; loads the reference even if beta_kl = 0)",
+                     choices=("old", "ref"))
 
 
 @dataclass

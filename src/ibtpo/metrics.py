@@ -7,8 +7,12 @@ with its meaning in `METRIC_DOCS` (the table the README renders).
 Choices (config key in brackets):
 - Eff-Rate counts a tree as effective when its leaf rewards are not all equal (a tree with one
   trajectory is never effective); rewards None count as 0.0 (ALGORITHM §6).
-- IB-Score, cov, tsallis are averaged over the branch candidates of every tree: non-terminal nodes
-  with >= 1 child, root included; `tree/ib_score_root` over roots only [`beta`, `prob_norm`].
+- IB-Score, cov, tsallis are averaged over the *branch points* of every tree: nodes with >= 2
+  distinct children, root included (ALGORITHM §2). A one-child chain node has cov = 0 and r = 1 by
+  construction, so including those would measure tree shape, not balance. `*_root` metrics average
+  over roots with >= 2 children: the root is the one node every method has with many children
+  (GRPO's G samples), so they compare GRPO with the tree methods [`beta`, `prob_norm`]. A batch
+  with no such node logs NaN (null in JSONL).
 - Depth = number of steps of a trajectory (depth of its leaf). The branching histogram counts the
   distinct children of every non-terminal node (a merged child counts once).
 - `rollout/trajectories_per_1k_tokens` is 0.0 when no token was generated.
@@ -39,10 +43,13 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/response_len_mean": "mean tokens of a full response (shared prefix counted in each)",
     "rollout/generated_tokens": "tokens generated for this step's trees (prompt and shared prefixes excluded)",
     "rollout/unscorable": "trajectories whose reward function returned None (scored as 0)",
-    "tree/ib_score": "mean IB-Score over branch candidates (non-terminal nodes with children)",
-    "tree/ib_score_root": "mean IB-Score of the root nodes",
-    "tree/cov": "mean Cov(pi_bar, r) over branch candidates (exploitation term of the IB-Score)",
-    "tree/tsallis": "mean Tsallis-2 entropy 1 - mean pi_bar over branch candidates (exploration)",
+    "tree/ib_score": "mean IB-Score over branch points (nodes with >= 2 children, root included)",
+    "tree/ib_score_root": "mean IB-Score of the roots (over their children: comparable across methods)",
+    "tree/cov": "mean Cov(pi_bar, r) over branch points (exploitation term of the IB-Score)",
+    "tree/cov_root": "mean Cov(pi_bar, r) of the roots (comparable across methods)",
+    "tree/tsallis": "mean Tsallis-2 entropy 1 - mean pi_bar over branch points (exploration)",
+    "tree/tsallis_root": "mean Tsallis-2 entropy 1 - mean pi_bar of the roots",
+    "tree/branch_points": "mean number of nodes with >= 2 children per tree (root included)",
     "tree/depth_mean": "mean number of steps per trajectory",
     "tree/depth_max": "largest number of steps of a trajectory in the batch",
     "tree/nodes_per_tree": "mean number of step nodes per tree (root excluded)",
@@ -117,15 +124,20 @@ def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
 
 
 def ib_metrics(trees: list[Tree], beta: float, prob_norm: str = "mean") -> dict[str, float]:
-    """tree/ib_score, tree/ib_score_root, tree/cov, tree/tsallis (means over candidates)."""
+    """tree/{ib_score,cov,tsallis} over branch points and their *_root means over the roots."""
     scores = batch_ib_scores(trees, beta, prob_norm)
-    roots = [scores[t.root]["ib"] for t in trees if t.root in scores]
-    return {
-        "tree/ib_score": _mean([s["ib"] for s in scores.values()]),
-        "tree/ib_score_root": _mean(roots),
-        "tree/cov": _mean([s["cov"] for s in scores.values()]),
-        "tree/tsallis": _mean([s["tsallis"] for s in scores.values()]),
-    }
+    points = [s for node, s in scores.items() if len(node.children) >= 2]
+    roots = [scores[t.root] for t in trees if len(t.root.children) >= 2]
+    out = {"tree/branch_points": len(points) / len(trees)}
+    for key in ("ib", "cov", "tsallis"):
+        name = "ib_score" if key == "ib" else key
+        out[f"tree/{name}"] = _mean_or_nan([s[key] for s in points])
+        out[f"tree/{name}_root"] = _mean_or_nan([s[key] for s in roots])
+    return out
+
+
+def _mean_or_nan(xs) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
 
 
 def shape_metrics(trees: list[Tree]) -> dict[str, float]:

@@ -50,6 +50,9 @@ PRESETS: dict[str, dict] = {
     # ~0.4M parameters: the model of the unit tests.
     "tiny-test": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4),
+    # ~1M parameters.
+    "mini": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=4),
     # ~3M parameters: the default policy of the built-in arithmetic task.
     "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=4),

@@ -17,7 +17,10 @@ Choices (config key in brackets):
   is applied iff [`ib_adv_on_zero_var_groups`, default True].
 - p_hat(root) is the tree's mean leaf reward, computed as GRPO's mean, so a chain tree with lam = 0
   gives exactly GRPO's advantage (tested).
-- pi_bar is the sampling policy's step probability [`prob_norm`, default "mean"]; [`lam`, 0.1],
+- pi_bar in A_IB is the sampling (old) policy's step probability [`ib_prob`, default "old"]: the
+  term is the gradient of pi_theta(s) * eta1(s) written as a PPO ratio pi_theta / pi_old times
+  pi_old(s) * eta1(s). "ref" uses the reference policy's, as the paper writes pi_ref (nodes then
+  need `ref_logprobs`, filled by the trainer). [`prob_norm`, default "mean"]; [`lam`, 0.1],
   [`beta`, 5], [`eps_std`, 1e-4].
 - Reward None (unscorable) counts as 0.0 (the rollout counts them); NaN, < 0, > 1 raise ValueError.
 """
@@ -31,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ibtpo.core.ib_score import check_beta, edge_arrays, eta1, ratio
-from ibtpo.core.tree import PROB_NORMS, Node, Tree, leaf_reward
+from ibtpo.core.tree import PROB_NORMS, PROB_SOURCES, Node, Tree, leaf_reward
 
 
 @dataclass
@@ -41,6 +44,7 @@ class AdvParams:
     prob_norm: str = "mean"                 # pi_bar: "mean" | "sum" | "sibling"
     ib_adv_on_zero_var_groups: bool = True  # apply A_IB in groups whose rewards are all equal
     eps_std: float = 1e-4                   # added to the reward std
+    ib_prob: str = "old"                    # pi_bar in A_IB: "old" (sampling) or "ref" policy
 
     def __post_init__(self):
         check_beta(self.beta)
@@ -48,6 +52,8 @@ class AdvParams:
             raise ValueError(f"prob_norm: expected one of {PROB_NORMS}, got {self.prob_norm!r}")
         if not math.isfinite(self.lam):
             raise ValueError(f"lam: expected a finite number, got {self.lam!r}")
+        if self.ib_prob not in PROB_SOURCES:
+            raise ValueError(f"ib_prob: expected one of {PROB_SOURCES}, got {self.ib_prob!r}")
         if not (math.isfinite(self.eps_std) and self.eps_std >= 0):
             raise ValueError(f"eps_std: expected a finite number >= 0, got {self.eps_std!r}")
 
@@ -114,7 +120,7 @@ def ibtpo_node_advantages(trees: list[Tree], params: AdvParams) -> tuple[dict, d
     zero_var = np.array([_all_equal(tree_rewards(t)) for t in trees])        # (P,)
     root_value = np.array([m for m, _ in stats])                              # (P,)
     std = np.array([s for _, s in stats])                                     # (P,)
-    e = edge_arrays(trees, params.prob_norm)
+    e = edge_arrays(trees, params.prob_norm, params.ib_prob)
     zv = zero_var[e.tree_idx]                                                 # (E,)
     a_gl = (e.value - root_value[e.tree_idx]) / (std[e.tree_idx] + params.eps_std)
     a_gl = np.where(zv, 0.0, a_gl)                                            # (E,)

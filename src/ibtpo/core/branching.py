@@ -8,8 +8,9 @@ trajectories per prompt where they appear in docs).
 
 Scorers (config key `scorer`):
 - "ib": IB(u) of ALGORITHM §2 (`beta`, `prob_norm`).
-- "entropy" (TreeRL/EPTree-like): mean token entropy of the node's step. **(choice)** The root has
-  no step; it scores the mean over its children of their step's mean entropy (same scale).
+- "entropy" (TreeRL/EPTree-like): a branch from node u resamples u's *next* step, so u scores the
+  entropy of that step as the tree has seen it: the mean over u's children (a merged child counted
+  `count` times) of each child step's mean token entropy, at the root as at any other node.
 - "random": each candidate scores `rng.random()`, so the top K is a uniform random subset.
 - "width" (TreePO-like, fixed width) **(choice)**: fewest samples drawn from the node first (sum
   of its children's counts), then shallowest: score = -(n_samples + depth / (max_depth + 1)).
@@ -59,15 +60,14 @@ def _mean_entropy(node: Node) -> float:
     return sum(node.entropies) / len(node.entropies) if node.entropies else 0.0
 
 
+def next_step_entropy(node: Node) -> float:
+    """Count-weighted mean over `node`'s children of their step's mean token entropy (0 if none)."""
+    total = sum(c.count for c in node.children)
+    return sum(c.count * _mean_entropy(c) for c in node.children) / total if total else 0.0
+
+
 def entropy_scorer(tree: Tree, params: BranchParams, rng: random.Random) -> dict[Node, float]:
-    out = {}
-    for n in candidates(tree, params):
-        if n is tree.root:
-            kids = n.children
-            out[n] = sum(_mean_entropy(c) for c in kids) / len(kids) if kids else 0.0
-        else:
-            out[n] = _mean_entropy(n)
-    return out
+    return {n: next_step_entropy(n) for n in candidates(tree, params)}
 
 
 def random_scorer(tree: Tree, params: BranchParams, rng: random.Random) -> dict[Node, float]:

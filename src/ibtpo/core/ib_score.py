@@ -103,10 +103,11 @@ class Edges:
     tree_idx: np.ndarray        # (E,) index of the child's tree in the input list
 
 
-def edge_arrays(trees: list[Tree], prob_norm: str = "mean") -> Edges:
+def edge_arrays(trees: list[Tree], prob_norm: str = "mean", source: str = "old") -> Edges:
+    """Flat arrays of every edge; `pi` from the sampling (`source="old"`) or reference policy."""
     children, parents, idx, pis, vals, pvals, tix = [], [], [], [], [], [], []
     for ti, tree in enumerate(trees):
-        ph, pb = p_hat(tree), pi_bar(tree, prob_norm)
+        ph, pb = p_hat(tree), pi_bar(tree, prob_norm, source)
         for node in tree.nodes():
             if not node.children:
                 continue

@@ -11,7 +11,9 @@ Choices (config key in brackets):
   decoded text: the step ends at the first token whose decoded text completes an occurrence
   (occurrences are found left to right, non-overlapping, as `str.count` does). A token that holds
   text past the delimiter (".\\n\\nThe") ends the step with all its text. The last step ends at the
-  end of the response. See `split_steps` for how decoding is kept cheap.
+  end of the response. A last span that decodes to no text (e.g. only the EOS token of a response
+  ending in "\\n\\n<eos>") is folded into the step before it: a step holds text. See `split_steps`
+  for how decoding is kept cheap.
 - Identical sibling steps [`merge_identical_steps`, default off]: a new non-terminal step equal (same
   token ids) to an existing non-terminal child of the same parent is not added; that child's
   `count` is incremented and the chain continues under it. Terminal steps are never merged, so every
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 PROB_NORMS = ("mean", "sum", "sibling")
+PROB_SOURCES = ("old", "ref")  # whose log-probs pi_bar is made of: sampling or reference policy
 STOP_REASONS = ("eos", "length")
 
 
@@ -51,6 +54,7 @@ class Node:
     count: int = 1
     depth: int = 0
     text: str = ""
+    ref_logprobs: list[float] | None = None  # the reference policy's, when the trainer fills them
 
     def __repr__(self) -> str:
         kind = "leaf" if self.terminal else "node"
@@ -191,7 +195,8 @@ def attach_response(tree: Tree, node: Node, token_ids, logprobs, entropies, stop
 def split_steps(token_ids, decode: Callable[[list[int]], str],
                 delimiter: str = "\n\n") -> list[tuple[int, int]]:
     """(start, end) spans tiling `token_ids` exactly; a step ends at the first token whose decoded
-    text completes a delimiter occurrence. [] for no tokens.
+    text completes a delimiter occurrence; a last span with no text joins the one before it.
+    [] for no tokens.
 
     Fast path (char and most byte-level tokenizers): decode each token once; if the pieces join to
     the full decode, delimiter occurrences in the full text are mapped to tokens by character
@@ -211,7 +216,10 @@ def split_steps(token_ids, decode: Callable[[list[int]], str],
         ends = _ends_by_offsets(pieces, text, delimiter)
     else:
         ends = _ends_by_prefix_decode(ids, pieces, decode, delimiter)
-    return _spans_from_ends(ends, len(ids))
+    spans = _spans_from_ends(ends, len(ids))
+    if len(spans) > 1 and decode(ids[spans[-1][0]:]) == "":  # e.g. "...\n\n" + <eos>
+        spans[-2:] = [(spans[-2][0], len(ids))]
+    return spans
 
 
 def _occurrence_ends(text: str, delimiter: str) -> list[int]:
@@ -280,22 +288,34 @@ def p_hat(tree: Tree) -> dict[Node, float]:
     return {node: s / n for node, (s, n) in sums.items()}
 
 
-def _raw_logprob(node: Node, prob_norm: str) -> float:
-    total = sum(node.logprobs)
+def _step_logprobs(node: Node, source: str) -> list[float]:
+    if source == "old":
+        return node.logprobs
+    if node.ref_logprobs is None or len(node.ref_logprobs) != len(node.token_ids):
+        raise ValueError(f"{node!r}: expected reference log-probs, one per token (source='ref')")
+    return node.ref_logprobs
+
+
+def _raw_logprob(node: Node, prob_norm: str, source: str = "old") -> float:
+    logprobs = _step_logprobs(node, source)
+    total = sum(logprobs)
     if prob_norm == "mean":
-        return total / len(node.logprobs) if node.logprobs else 0.0
+        return total / len(logprobs) if logprobs else 0.0
     return total
 
 
-def pi_bar(tree: Tree, prob_norm: str = "mean") -> dict[Node, float]:
-    """Step probability of every non-root node under the sampling policy (ALGORITHM §1)."""
+def pi_bar(tree: Tree, prob_norm: str = "mean", source: str = "old") -> dict[Node, float]:
+    """Step probability of every non-root node (ALGORITHM §1), under the sampling policy
+    (`source="old"`) or the reference policy (`"ref"`: nodes need `ref_logprobs`)."""
     if prob_norm not in PROB_NORMS:
         raise ValueError(f"prob_norm: expected one of {PROB_NORMS}, got {prob_norm!r}")
+    if source not in PROB_SOURCES:
+        raise ValueError(f"source: expected one of {PROB_SOURCES}, got {source!r}")
     out = {}
     for node in tree.nodes():
         if not node.children:
             continue
-        logs = [_raw_logprob(c, prob_norm) for c in node.children]  # "sibling" uses "sum"
+        logs = [_raw_logprob(c, prob_norm, source) for c in node.children]  # sibling: "sum"
         if prob_norm == "sibling":
             m = max(logs)
             z = sum(math.exp(x - m) for x in logs)

@@ -188,10 +188,14 @@ def token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor,
 
 
 def truncate(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set to -inf the log-probs (N, V) outside the top-k and the top-p nucleus."""
+    """Set to -inf the log-probs (N, V) outside the top-k and the top-p nucleus.
+
+    As in HF and vLLM, top-p is taken over the top-k survivors renormalised to sum to 1.
+    """
     if top_k > 0 and top_k < logp.shape[-1]:
         kth = torch.topk(logp, top_k, dim=-1).values[:, -1:]  # (N, 1)
         logp = logp.masked_fill(logp < kth, float("-inf"))
+        logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
     if top_p < 1.0:
         sorted_logp, order = torch.sort(logp, dim=-1, descending=True)  # (N, V)
         probs = sorted_logp.exp()

@@ -3,7 +3,8 @@
 Shapes: ``P`` prompts per step (``train.prompts_per_step``), ``G`` trajectories per prompt,
 ``N`` sequences in a batch (one per trajectory), ``T`` tokens (prompt + response, right-padded).
 
-The trainer owns the policy, the frozen reference (only loaded when ``loss.beta_kl > 0``), the
+The trainer owns the policy, the frozen reference (only loaded when ``loss.beta_kl > 0`` or A_IB
+uses the reference policy's step probabilities, ``advantage.ib_prob = "ref"``), the
 optimizer, the step counter and the RNG streams; everything else is a named call into the core.
 Checkpoints (``{train.out_dir}/checkpoint``) hold the HF model and tokenizer, the optimizer, the RNG
 states, the step, the generated-token count and the config; they are written atomically.
@@ -30,6 +31,7 @@ from ibtpo.rollout.policy import Policy
 from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
 from ibtpo.training.batch import Batch, from_trees
 from ibtpo.training.logprobs import sequence_logprobs
+from ibtpo.training.reference import fill_ref_logprobs
 
 STATE_FILE = "trainer_state.pt"
 
@@ -45,7 +47,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.policy = Policy(cfg, cfg.train.init)
         self.model = self.policy.model
-        self.ref_model = _frozen_copy(self.model) if cfg.loss.beta_kl > 0 else None
+        needs_ref = cfg.loss.beta_kl > 0 or (cfg.advantage.estimator == "ibtpo"
+                                             and cfg.advantage.ib_prob == "ref")
+        self.ref_model = _frozen_copy(self.model) if needs_ref else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         warmup = cfg.train.warmup_steps
@@ -56,7 +60,8 @@ class Trainer:
         self.estimator = get_estimator(cfg.advantage.estimator)
         a = cfg.advantage
         self.adv_params = AdvParams(beta=a.beta, lam=a.lam, prob_norm=cfg.rollout.prob_norm,
-                                    ib_adv_on_zero_var_groups=a.ib_adv_on_zero_var_groups)
+                                    ib_adv_on_zero_var_groups=a.ib_adv_on_zero_var_groups,
+                                    ib_prob=a.ib_prob)
         seed = cfg.train.seed
         self.problem_rng = stream_rng(seed, TRAIN_PROBLEMS)  # which prompts, step after step
         self.rng = stream_rng(seed, BRANCHING)  # tie-breaking and the random scorer
@@ -72,6 +77,9 @@ class Trainer:
         t0 = time.perf_counter()
         problems = self.task.train_batch(self.cfg.train.prompts_per_step, self.problem_rng)
         trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng, self.generator)
+        if self.adv_params.ib_prob == "ref":
+            fill_ref_logprobs(self.ref_model, trees, self.policy.tokenizer.pad_token_id,
+                              self.cfg.sampling.temperature, self.cfg.train.micro_batch_size)
         advantages, adv_metrics = self.estimator(trees, self.adv_params)
         batch = from_trees(trees, advantages, self.policy.tokenizer.pad_token_id)
         t1 = time.perf_counter()
