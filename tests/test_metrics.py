@@ -79,6 +79,17 @@ def test_ib_means_skip_one_child_chain_nodes():
     assert alone["tree/branch_points"] == 0.0
 
 
+def test_branch_metrics_hand():
+    t1, t2 = hand_trees()
+    a = t1.root.children[0]
+    t1.branch_points += [a, t1.root]  # a branch from A (depth 1, 2 prefix tokens), one from root
+    m = tree_metrics([t1, t2], beta=5.0)
+    assert m["rollout/branch_root_share"] == pytest.approx(0.5)
+    assert m["rollout/branch_depth_mean"] == pytest.approx(0.5)        # (1 + 0) / 2
+    assert m["rollout/branch_prefix_tokens_mean"] == pytest.approx(1.0)  # (2 + 0) / 2
+    assert math.isnan(tree_metrics([t2], beta=5.0)["rollout/branch_root_share"])
+
+
 def test_histograms_hand():
     h = tree_histograms(hand_trees())
     assert h == {"tree/depth_hist": {1: 3, 2: 2}, "tree/branching_hist": {2: 3}}

@@ -69,6 +69,9 @@ def test_trajectory_count_and_one_call_per_round(model, scorer):
     assert metrics["rollout/num_trajectories"] == 27
     assert engine.calls == [9, 6, 6, 6]  # each round batched over the 3 prompts
     assert metrics["rollout/rounds"] == 4 and metrics["rollout/branches"] == 18
+    for t in trees:  # every branch recorded with the node it starts from (bn = 2 per pick)
+        assert len(t.branch_points) == 6 and all(not n.terminal for n in t.branch_points)
+        assert t.branch_points[0::2] == t.branch_points[1::2]
 
 
 def test_trajectory_count_with_k_two(model):

@@ -50,6 +50,9 @@ METRIC_DOCS: dict[str, str] = {
     "tree/tsallis": "mean Tsallis-2 entropy 1 - mean pi_bar over branch points (exploration)",
     "tree/tsallis_root": "mean Tsallis-2 entropy 1 - mean pi_bar of the roots",
     "tree/branch_points": "mean number of nodes with >= 2 children per tree (root included)",
+    "rollout/branch_root_share": "share of the branches (after round 1) sampled from the root",
+    "rollout/branch_depth_mean": "mean depth (steps in the prefix) of the node a branch starts from",
+    "rollout/branch_prefix_tokens_mean": "mean response tokens in the prefix a branch shares",
     "tree/depth_mean": "mean number of steps per trajectory",
     "tree/depth_max": "largest number of steps of a trajectory in the batch",
     "tree/nodes_per_tree": "mean number of step nodes per tree (root excluded)",
@@ -152,10 +155,22 @@ def shape_metrics(trees: list[Tree]) -> dict[str, float]:
     }
 
 
+def branch_metrics(trees: list[Tree]) -> dict[str, float]:
+    """Where branches start: share at the root, mean depth and shared prefix (NaN if none)."""
+    points = [(t, n) for t in trees for n in t.branch_points]
+    return {
+        "rollout/branch_root_share": _mean_or_nan([n is t.root for t, n in points]),
+        "rollout/branch_depth_mean": _mean_or_nan([n.depth for _, n in points]),
+        "rollout/branch_prefix_tokens_mean": _mean_or_nan([len(t.response_ids(n))
+                                                           for t, n in points]),
+    }
+
+
 def tree_metrics(trees: list[Tree], beta: float, prob_norm: str = "mean") -> dict[str, float]:
     """All scalar rollout/* and tree/* metrics of a batch of trees (JSON-serialisable floats)."""
     _check_trees(trees)
-    return {**rollout_metrics(trees), **ib_metrics(trees, beta, prob_norm), **shape_metrics(trees)}
+    return {**rollout_metrics(trees), **ib_metrics(trees, beta, prob_norm),
+            **shape_metrics(trees), **branch_metrics(trees)}
 
 
 def tree_histograms(trees: list[Tree]) -> dict[str, dict[int, int]]:

@@ -70,6 +70,7 @@ class Tree:
     prompt: str = ""
     meta: dict = field(default_factory=dict)
     generated_tokens: int = 0
+    branch_points: list[Node] = field(default_factory=list, repr=False)  # node of each branch
     _leaves: list[Node] = field(default_factory=list, repr=False)
 
     def nodes(self) -> list[Node]:

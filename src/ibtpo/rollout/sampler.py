@@ -5,7 +5,8 @@ per prompt (P prompts, G trajectories per tree):
 1. round 0: `b0` independent responses from each root, cut into chains of steps, leaves scored;
 2. rounds 1 .. L-1: per tree, score the candidate nodes, pick the top `k` (`select_nodes`, ties
    broken with the run's `random.Random`), sample `bn` continuations of each picked node's prefix,
-   hang them as new chains, score the new leaves. With no branching (every candidate dropped, or the
+   hang them as new chains, score the new leaves; `tree.branch_points` records the node of
+   every branch, in order. With no branching (every candidate dropped, or the
    "independent" scorer, which scores nothing) the loop stops early.
 Every round is one `engine.generate` call over the requests of all trees together. Rewards are
 computed as leaves appear, because the IB-Score needs leaf rewards to choose where to branch.
@@ -193,6 +194,8 @@ def sample_trees(engine, prompts: list[list[int]], prompt_texts: list[str],
             if not requests:
                 break
             stats["rollout/branches"] += len(requests)
+            for r in requests:
+                r.tree.branch_points.append(r.node)
         run_round(engine, requests, ctx, stats)
         if progress is not None:
             progress(round_index + 1, params.rounds)
