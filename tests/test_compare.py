@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ibtpo.cli import main
-from ibtpo.compare import markdown_table, run_compare, summarise_run
+from ibtpo.compare import outcome_table, run_compare, summarise_run
 from ibtpo.config import ConfigError, resolve_config_path
 
 EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24",
@@ -14,8 +14,8 @@ EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.m
 
 def test_compare_runs_every_config_to_the_same_token_budget(warm_checkpoint, tmp_path):
     configs = [resolve_config_path("grpo"), resolve_config_path("ibtpo")]
-    table = run_compare(configs, overrides=EASY + [f"train.init={warm_checkpoint}"], seeds=1,
-                        out_dir=tmp_path, token_budget=1500, progress=False)
+    table, _, _ = run_compare(configs, overrides=EASY + [f"train.init={warm_checkpoint}"],
+                              seeds=1, out_dir=tmp_path, token_budget=1500, progress=False)
     results = json.loads((tmp_path / "compare.json").read_text())
     assert set(results) == {"grpo", "ibtpo"}
     for name, runs in results.items():
@@ -28,7 +28,13 @@ def test_compare_runs_every_config_to_the_same_token_budget(warm_checkpoint, tmp
     assert results["grpo"][0]["rollout/trajectories_per_prompt"] == 8
     assert "| grpo | 1 |" in table and "| ibtpo | 1 |" in table
     assert (tmp_path / "compare.png").stat().st_size > 10_000
-    assert (tmp_path / "compare.md").read_text().startswith("# Comparison at 1500 generated tokens")
+    assert (tmp_path / "compare.md").read_text().startswith("# Comparison at 1,500 generated tokens")
+    # a second comparison reuses the finished runs (same config) instead of training again
+    mtime = (tmp_path / "grpo" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
+    again, _, _ = run_compare(configs, overrides=EASY + [f"train.init={warm_checkpoint}"],
+                              seeds=1, out_dir=tmp_path, token_budget=1500, progress=False)
+    assert again == table
+    assert (tmp_path / "grpo" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == mtime
 
 
 def test_summary_and_table_from_hand_written_rows():
@@ -40,17 +46,39 @@ def test_summary_and_table_from_hand_written_rows():
     s = summarise_run(rows)
     assert (s["pass@1"], s["init_pass@1"], s["steps"], s["generated_tokens"]) == (0.7, 0.5, 2, 220)
     assert s["rollout/eff_rate"] == 0.75 and s["rollout/reward_mean"] == 0.5
-    table = markdown_table({"a": [{**s, "wall_s": 3.0}], "b": [{**s, "wall_s": 1.0},
-                                                               {**s, "pass@1": 0.9, "wall_s": 2.0}]})
-    assert "| a | 1 | 0.700 | 0.500 |" in table
-    assert "| b | 2 | 0.800 ± 0.141 |" in table  # mean of 0.7, 0.9; sample std 0.1414
+    a = [{**s, "wall_s": 3.0}, {**s, "pass@1": 0.6, "wall_s": 3.0}]
+    b = [{**s, "wall_s": 1.0}, {**s, "pass@1": 0.9, "wall_s": 2.0}]
+    table = outcome_table({"a": a, "b": b}, baseline="a")
+    # a: mean(0.7, 0.6) = 0.65, sd 0.0707, t_1 12.706 / sqrt(2) -> half-width 0.635
+    assert "| a | 2 | 0.650 ± 0.635 | — |" in table
+    # b: 0.8 ± 12.706 * 0.1414 / sqrt(2) = 1.271; paired differences 0.0, 0.3 -> mean 15 pt,
+    # sd 21.21 pt -> half-width 12.706 * 21.21 / sqrt(2) = 190.6 pt
+    assert "| b | 2 | 0.800 ± 1.271 | +15.0 ± 190.6 |" in table
 
 
 def test_compare_needs_a_budget_and_one_warm_start(tmp_path):
     with pytest.raises(ConfigError) as err:
         run_compare([resolve_config_path("grpo"), resolve_config_path("ibtpo")],
                     overrides=["train.init=a"], out_dir=tmp_path, seeds=0)
-    assert "train.token_budget" in str(err.value) and "--seeds: got 0" in str(err.value)
+    assert "train.token_budget" in str(err.value) and "--seeds: got 0 for grpo" in str(err.value)
     other = tmp_path / "other.yaml"
     other.write_text("train: {init: elsewhere, token_budget: 1000}\n")
     assert main(["compare", "grpo", str(other), "--out", str(tmp_path)]) == 2
+
+
+def test_band_interpolates_on_the_token_grid_and_averages_seeds():
+    import numpy as np
+
+    from ibtpo.compare import band
+
+    # two seeds of an evaluation metric (not smoothed): seed A 0.2 -> 0.6 over 0..100 tokens,
+    # seed B 0.4 -> 0.4; at 50 tokens A = 0.4, so the mean is 0.4 with zero spread
+    a = [{"train/generated_tokens": 0, "eval/pass@1": 0.2},
+         {"train/generated_tokens": 100, "eval/pass@1": 0.6}]
+    b = [{"train/generated_tokens": 0, "eval/pass@1": 0.4},
+         {"train/generated_tokens": 100, "eval/pass@1": 0.4}]
+    mean, half = band([a, b], "eval/pass@1", np.array([0.0, 50.0, 100.0, 150.0]))
+    assert mean[:3] == pytest.approx([0.3, 0.4, 0.5])
+    # at 0: values 0.2, 0.4 -> sd 0.1414, t_1 12.706 / sqrt(2) -> 1.2706
+    assert half[0] == pytest.approx(1.2706, abs=1e-3) and half[1] == pytest.approx(0.0)
+    assert np.isnan(mean[3])  # past every run's last point: no value, not an extrapolation

@@ -59,7 +59,8 @@ def cmd_compare(args):
     from ibtpo.compare import run_compare
 
     run_compare(configs, overrides=args.set, seeds=args.seeds, out_dir=args.out,
-                token_budget=args.token_budget, progress=not args.no_progress)
+                token_budget=args.token_budget, progress=not args.no_progress,
+                baseline=args.baseline, reuse=not args.no_reuse)
 
 
 def cmd_demo(args):
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds per config (default 1)")
     p.add_argument("--token-budget", type=int, default=None,
                    help="generated tokens per run (default: train.token_budget of the configs)")
+    p.add_argument("--baseline", default=None,
+                   help="config the paired differences are taken against (default: the first)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="retrain runs that already finished with the same config")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("demo", help="warm-up, then GRPO vs IB-TPO on the built-in task")

@@ -1,5 +1,13 @@
 """Fair comparisons: every config trains from the same warm-up checkpoint until the same number of
-generated tokens (not steps), then a markdown table and plots against generated tokens.
+generated tokens (not steps), for several seeds; then tables with 95% intervals and plots against
+generated tokens.
+
+- Seeds: run i of every config uses `train.seed + i`, so runs are paired by seed: same warm-up,
+  same training-prompt stream (`ibtpo.seeding`), same held-out problems and evaluation samples.
+- Every figure is a mean over seeds ± the half-width of its 95% Student-t interval; the differences
+  to the baseline config (the first one, or `baseline=`) are paired by seed.
+- A finished run writes `summary.json` next to its `metrics.jsonl`; a later comparison with the
+  same config reuses it instead of training again (`reuse=False` retrains).
 
 ``ibtpo demo`` = warm-up (reused when present) -> compare GRPO vs IB-TPO -> ``runs/demo/``.
 """
@@ -7,25 +15,36 @@ generated tokens (not steps), then a markdown table and plots against generated 
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
 import statistics
 import time
 from pathlib import Path
 
-from ibtpo.config import ConfigError, load_config
+from ibtpo.config import ConfigError, load_config, resolve_config_path
 from ibtpo.metrics import read_metrics
+from ibtpo.stats import fmt_ci, mean_ci, paired_ci
 from ibtpo.training.trainer import Trainer, config_with
 
-TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run)
+SUMMARY_FILE = "summary.json"
+TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run's steps)
     ("G", "rollout/trajectories_per_prompt", "mean"),
-    ("tokens/prompt", "rollout/generated_tokens_per_prompt", "mean"),
     ("traj/1k tok", "rollout/trajectories_per_1k_tokens", "mean"),
     ("Eff-Rate", "rollout/eff_rate", "mean"),
     ("Avg-Rate", "rollout/reward_mean", "mean"),
-    ("IB-Score", "tree/ib_score", "mean"),
-    ("entropy", "policy/entropy", "last"),
+    ("entropy (end)", "policy/entropy", "last"),
+    ("IB root", "tree/ib_score_root", "mean"),
+    ("cov root", "tree/cov_root", "mean"),
+    ("IB branch pts", "tree/ib_score", "mean"),
 )
-PLOTS = ("eval/pass@1", "rollout/reward_mean", "rollout/eff_rate", "policy/entropy",
-         "tree/ib_score", "tree/cov")
+PLOTS = ("eval/pass@1", "eval/avg@k", "rollout/reward_mean", "rollout/eff_rate", "policy/entropy",
+         "tree/ib_score_root", "tree/cov_root", "tree/tsallis_root", "tree/ib_score")
+SMOOTH_STEPS = 5  # moving average of step metrics in the plots (evaluations are not smoothed)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def summarise_run(rows: list[dict]) -> dict:
@@ -33,94 +52,209 @@ def summarise_run(rows: list[dict]) -> dict:
     evals = [r for r in rows if "eval/pass@1" in r]
     steps = [r for r in rows if r.get("train/step", 0) > 0]
     out = {"pass@1": evals[-1]["eval/pass@1"], "avg@k": evals[-1]["eval/avg@k"],
-           "init_pass@1": evals[0]["eval/pass@1"], "steps": len(steps),
+           "init_pass@1": evals[0]["eval/pass@1"], "init_avg@k": evals[0]["eval/avg@k"],
+           "steps": len(steps),
            "generated_tokens": steps[-1]["train/generated_tokens"] if steps else 0}
     for _, key, how in TABLE_COLUMNS:
-        values = [r[key] for r in steps if key in r and r[key] == r[key]]
+        values = [r[key] for r in steps if _finite(r.get(key))]
         out[key] = (values[-1] if how == "last" else statistics.fmean(values)) if values else None
     return out
 
 
-def _fmt(values: list[float | None], digits: int = 3) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+def _values(runs: list[dict], key: str) -> list[float]:
+    return [r[key] for r in runs if _finite(r.get(key))]
+
+
+def _cell(runs: list[dict], key: str, digits: int = 3) -> str:
+    return fmt_ci(*mean_ci(_values(runs, key)), digits=digits)
+
+
+def _diff_cell(runs: list[dict], base: list[dict], key: str) -> str:
+    """Paired difference to the baseline in points (x100), over the seeds both have."""
+    pairs = [(r[key], b[key]) for r, b in zip(runs, base) if _finite(r.get(key))
+             and _finite(b.get(key))]
+    if not pairs:
         return "n/a"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    mean, half = paired_ci([a for a, _ in pairs], [b for _, b in pairs])
+    sign = "+" if mean >= 0 else ""
+    return sign + fmt_ci(mean, half, digits=1, scale=100)
 
 
-def markdown_table(results: dict[str, list[dict]]) -> str:
-    """One row per config; ± is the standard deviation over seeds."""
-    head = ["config", "seeds", "pass@1 (held-out)", "warm-up pass@1", "avg@k", "steps",
-            "gen. tokens"] + [h for h, _, _ in TABLE_COLUMNS] + ["wall s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def outcome_table(results: dict[str, list[dict]], baseline: str) -> str:
+    """Held-out pass@1 and avg@k per config, and their paired differences to `baseline`."""
+    base = results[baseline]
+    head = ["config", "seeds", "pass@1", f"Δ pass@1 vs {baseline} (pt)", "avg@k",
+            f"Δ avg@k vs {baseline} (pt)", "steps", "gen. tokens", "wall s"]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for name, runs in results.items():
-        cells = [name, str(len(runs)), _fmt([r["pass@1"] for r in runs]),
-                 _fmt([r["init_pass@1"] for r in runs]), _fmt([r["avg@k"] for r in runs]),
-                 _fmt([r["steps"] for r in runs], 0), _fmt([r["generated_tokens"] for r in runs], 0)]
-        cells += [_fmt([r[key] for r in runs]) for _, key, _ in TABLE_COLUMNS]
-        cells.append(_fmt([r["wall_s"] for r in runs], 0))
-        lines.append("| " + " | ".join(cells) + " |")
+        same = name == baseline
+        lines.append(_row([name, str(len(runs)), _cell(runs, "pass@1"),
+                           "—" if same else _diff_cell(runs, base, "pass@1"),
+                           _cell(runs, "avg@k"), "—" if same else _diff_cell(runs, base, "avg@k"),
+                           _cell(runs, "steps", 0), _cell(runs, "generated_tokens", 0),
+                           _cell(runs, "wall_s", 0)]))
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(run_rows: dict[str, list[list[dict]]], path: Path) -> None:
-    """One panel per metric in PLOTS, x = generated tokens, one line per config (mean of seeds)."""
+def rollout_table(results: dict[str, list[dict]]) -> str:
+    """Each TABLE_COLUMNS metric (mean over a run's steps, then over seeds) per config."""
+    head = ["config"] + [h for h, _, _ in TABLE_COLUMNS]
+    lines = [_row(head), "|" + "---|" * len(head)]
+    for name, runs in results.items():
+        lines.append(_row([name] + [_cell(runs, key) for _, key, _ in TABLE_COLUMNS]))
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(results: dict[str, list[dict]], budget: int, baseline: str) -> str:
+    """The comparison as markdown: outcomes, rollout statistics, and how to read them."""
+    seeds = sorted({len(r) for r in results.values()})
+    init = _values([r for runs in results.values() for r in runs], "init_pass@1")
+    return (f"Every run: {budget:,} generated tokens from the same warm-up checkpoint "
+            f"(held-out pass@1 {init[0]:.3f}); seeds per config: "
+            f"{', '.join(map(str, seeds))}.\n"
+            "± is the half-width of the 95% Student-t interval over seeds; Δ are per-seed paired "
+            "differences (same prompts, same evaluation) in percentage points.\n\n"
+            + outcome_table(results, baseline) + "\n" + rollout_table(results))
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(generated tokens, value) of one run; step metrics smoothed over SMOOTH_STEPS steps."""
+    pts = [(r.get("train/generated_tokens", 0), r[key]) for r in rows if _finite(r.get(key))]
+    if not pts or key.startswith("eval/"):
+        return [x for x, _ in pts], [y for _, y in pts]
+    xs, ys = zip(*pts)
+    w = SMOOTH_STEPS
+    smooth = [statistics.fmean(ys[max(0, i - w + 1):i + 1]) for i in range(len(ys))]
+    return list(xs), smooth
+
+
+def band(runs_rows: list[list[dict]], key: str, grid) -> tuple:
+    """Mean and 95% t-interval half-width over seeds of `key` interpolated on `grid`."""
+    import numpy as np
+
+    curves = []
+    for rows in runs_rows:
+        xs, ys = _series(rows, key)
+        if len(xs) >= 1:
+            curves.append(np.where((grid >= xs[0]) & (grid <= xs[-1]),
+                                   np.interp(grid, xs, ys), np.nan))
+    if not curves:
+        return None, None
+    stack = np.array(curves)  # (seeds, grid)
+    stats = [mean_ci([v for v in col if not math.isnan(v)]) for col in stack.T]
+    return np.array([m for m, _ in stats]), np.array([h for _, h in stats])
+
+
+def plot_curves(run_rows: dict[str, list[list[dict]]], path: Path, keys=PLOTS) -> None:
+    """One panel per metric, x = generated tokens; per config the mean over seeds and its 95%
+    band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for ax, key in zip(axes.flat, PLOTS):
-        for name, seeds in run_rows.items():
-            for i, rows in enumerate(seeds):
-                pts = [(r["train/generated_tokens"], r[key]) for r in rows if key in r]
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, ys, label=name if i == 0 else None, color=f"C{list(run_rows).index(name)}",
-                            marker="o" if key.startswith("eval/") else None, alpha=0.9)
+    top = max((r.get("train/generated_tokens", 0) for runs in run_rows.values() for rows in runs
+               for r in rows), default=1)
+    grid = np.linspace(0, top, 80)
+    cols = 3
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(5 * cols, 3.6 *
+                                                                        math.ceil(len(keys) / cols)))
+    for ax, key in zip(axes.flat, keys):
+        for i, (name, runs) in enumerate(run_rows.items()):
+            mean, half = band(runs, key, grid)
+            if mean is None:
+                continue
+            ax.plot(grid, mean, color=f"C{i}", label=f"{name} (n={len(runs)})")
+            ax.fill_between(grid, mean - np.nan_to_num(half), mean + np.nan_to_num(half),
+                            color=f"C{i}", alpha=0.2)
         ax.set_title(key)
         ax.set_xlabel("generated tokens")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend()
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int = 1,
+# ----------------------------------------------------------------------------- running
+
+
+def _fresh_run_dir(path: Path) -> None:
+    """Clear a previous (unfinished) run's files; refuse a non-empty directory of other files."""
+    if not path.exists():
+        return
+    names = {p.name for p in path.iterdir()}
+    if names - {"metrics.jsonl", "tb", "checkpoint", SUMMARY_FILE} and not names & {
+            "metrics.jsonl", SUMMARY_FILE}:
+        raise ConfigError([f"train.out_dir: {path} holds files that are not an ibtpo run; "
+                           "choose another --out"], "comparison")
+    shutil.rmtree(path)
+
+
+def run_one(cfg, progress: bool = True, reuse: bool = True) -> tuple[dict, list[dict]]:
+    """Train one config (or reuse its finished run); return (summary, metrics rows)."""
+    out = Path(cfg.train.out_dir)
+    summary_path = out / SUMMARY_FILE
+    if reuse and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("config") == cfg.to_dict():
+            print(f"   reusing the finished run in {out}")
+            return summary, read_metrics(out / "metrics.jsonl")
+    _fresh_run_dir(out)
+    start = time.perf_counter()
+    Trainer(cfg, progress=progress).train()
+    rows = read_metrics(out / "metrics.jsonl")
+    summary = {**summarise_run(rows), "wall_s": time.perf_counter() - start,
+               "config": cfg.to_dict()}
+    tmp = summary_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, summary_path)
+    return summary, rows
+
+
+def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | dict = 1,
                 out_dir: str | Path = "runs/compare", token_budget: int | None = None,
-                progress: bool = True) -> str:
-    """Train every config for ``seeds`` seeds at one token budget; write table, JSON and plots."""
+                progress: bool = True, baseline: str | None = None, reuse: bool = True,
+                title: str | None = None) -> tuple[str, dict, dict]:
+    """Train every config for `seeds` seeds (a number, or {config name: number}) at one token
+    budget; write compare.md / .json / .png. Returns (markdown report, results, metrics rows)."""
     out = Path(out_dir)
     cfgs = {Path(c).stem: load_config([c], list(overrides)) for c in configs}
     budget = token_budget or max(c.train.token_budget for c in cfgs.values())
-    _check_comparable(cfgs, budget, seeds)
+    baseline = baseline or next(iter(cfgs))
+    n_seeds = seeds if isinstance(seeds, dict) else dict.fromkeys(cfgs, seeds)
+    _check_comparable(cfgs, budget, n_seeds, baseline)
     results, curves = {}, {}
     for name, cfg in cfgs.items():
         results[name], curves[name] = [], []
-        for seed in range(seeds):
+        for seed in range(n_seeds[name]):
             run_dir = out / name / f"seed{seed}"
             run_cfg = config_with(cfg, train={"seed": cfg.train.seed + seed, "token_budget": budget,
                                               "out_dir": str(run_dir)})
-            print(f"== {name} seed {seed}: training to {budget} generated tokens -> {run_dir}")
-            start = time.perf_counter()
-            Trainer(run_cfg, progress=progress).train()
-            rows = read_metrics(run_dir / "metrics.jsonl")
-            results[name].append({**summarise_run(rows), "wall_s": time.perf_counter() - start})
+            print(f"== {name} seed {seed}: training to {budget:,} generated tokens -> {run_dir}")
+            summary, rows = run_one(run_cfg, progress, reuse)
+            results[name].append({k: v for k, v in summary.items() if k != "config"})
             curves[name].append(rows)
-    table = markdown_table(results)
-    (out / "compare.md").write_text(f"# Comparison at {budget} generated tokens per run\n\n{table}")
+    report = markdown_report(results, budget, baseline)
+    heading = title or f"Comparison at {budget:,} generated tokens per run"
+    (out / "compare.md").write_text(f"# {heading}\n\n{report}")
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     plot_curves(curves, out / "compare.png")
-    print(table + f"\nwrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
-    return table
+    print(report + f"\nwrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+    return report, results, curves
 
 
-def _check_comparable(cfgs: dict, budget: int, seeds: int) -> None:
+def _check_comparable(cfgs: dict, budget: int, seeds: dict, baseline: str) -> None:
     problems = []
     if budget <= 0:
         problems.append("train.token_budget: a comparison needs a generated-token budget "
@@ -129,20 +263,24 @@ def _check_comparable(cfgs: dict, budget: int, seeds: int) -> None:
     if len(inits) > 1:
         problems.append(f"train.init: configs start from different checkpoints {sorted(inits)}; "
                         "a fair comparison needs one (use --set train.init=DIR)")
-    if seeds < 1:
-        problems.append(f"--seeds: got {seeds}, expected >= 1")
+    for name in cfgs:
+        if seeds.get(name, 0) < 1:
+            problems.append(f"--seeds: got {seeds.get(name, 0)} for {name}, expected >= 1")
+    if baseline not in cfgs:
+        problems.append(f"--baseline: got {baseline!r}, expected one of {', '.join(cfgs)}")
     if problems:
         raise ConfigError(problems, "comparison")
 
 
 DEMO_CONFIGS = ("grpo", "ibtpo")
-DEMO_OVERRIDES = ("train.token_budget=150000", "train.eval_every=10")
+DEMO_SEEDS = 2
+DEMO_OVERRIDES = ("train.token_budget=150000", "train.eval_every=0",
+                  "train.eval_every_tokens=50000")
 
 
 def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
              progress: bool = True) -> str:
     """Warm-up (reused if ``{out}/sft`` is complete) -> GRPO vs IB-TPO at equal token budgets."""
-    from ibtpo.config import resolve_config_path
     from ibtpo.training.sft import run_sft
 
     out = Path(out_dir)
@@ -153,6 +291,7 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
         print(f"== warm-up: supervised training of the tiny model -> {sft_dir}")
         run_sft(load_config(overrides=[f"sft.out_dir={sft_dir}", *overrides]), progress=progress)
     configs = [resolve_config_path(name) for name in DEMO_CONFIGS]
-    return run_compare(configs, overrides=[f"train.init={sft_dir}", *DEMO_OVERRIDES, *overrides],
-                       seeds=1, out_dir=out, progress=progress)
-
+    report, _, _ = run_compare(configs, overrides=[f"train.init={sft_dir}", *DEMO_OVERRIDES,
+                                                   *overrides],
+                               seeds=DEMO_SEEDS, out_dir=out, progress=progress)
+    return report

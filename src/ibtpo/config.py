@@ -152,6 +152,9 @@ class TrainConfig:
     micro_batch_size: int = F(64, "sequences per forward/backward", min=1)
     grad_clip: float = F(1.0, "max global grad norm (0 = off)", min=0.0)
     eval_every: int = F(10, "held-out evaluation every N steps (0 = start and end only)", min=0)
+    eval_every_tokens: int = F(0, "also evaluate whenever the generated tokens cross a multiple of "
+                               "N (0 = off): the same points for methods of different step sizes",
+                               min=0)
     ckpt_every: int = F(0, "checkpoint every N steps (0 = at the end only)", min=0)
     out_dir: str = F("runs/train", "output directory (metrics.jsonl, tensorboard, checkpoints)")
     seed: int = F(0, "seed of prompts, sampling and tie-breaking", min=0)

@@ -148,6 +148,16 @@ class Trainer:
     def evaluate(self) -> dict:
         return self.policy.evaluate(self.cfg, self.eval_problems, seed=self.cfg.eval.seed)
 
+    def eval_due(self, tokens_before: int) -> bool:
+        """Evaluate after this step: every `eval_every` steps, when the generated tokens crossed a
+        multiple of `eval_every_tokens` (same points for methods of different step sizes), or at
+        the end."""
+        t = self.cfg.train
+        by_steps = t.eval_every and self.step % t.eval_every == 0
+        n = t.eval_every_tokens
+        by_tokens = n and self.generated_tokens // n > tokens_before // n
+        return bool(by_steps or by_tokens or self.done())
+
     def train(self) -> dict:
         """Run until ``train.steps`` (or ``train.token_budget`` generated tokens); return the last
         metrics, including a final held-out evaluation."""
@@ -161,8 +171,9 @@ class Trainer:
                 self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
                                     **self.evaluate()})
             while not self.done():
+                tokens_before = self.generated_tokens
                 last = self.train_step()
-                if t.eval_every and self.step % t.eval_every == 0 or self.done():
+                if self.eval_due(tokens_before):
                     last.update(self.evaluate())
                 self.logger.log(self.step, last)
                 if t.ckpt_every and self.step % t.ckpt_every == 0:

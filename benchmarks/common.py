@@ -1,0 +1,86 @@
+"""What the three studies share: the testbed warm-up, the machine description, result sections.
+
+Every study writes `benchmarks/results/<name>.md` (its table, the command that made it, the date,
+the machine and the run time, and a reading generated from the numbers) plus PNGs and a JSON of
+every number; `benchmarks/report.py` collects the sections into BENCHMARKS.md. Nothing in them is
+typed by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from ibtpo.config import load_config
+from ibtpo.models import read_extra
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WARMUP_DIR = ROOT / "runs" / "testbed" / "sft"
+
+
+def machine() -> str:
+    """One line: CPU model, cores, threads torch uses, torch and Python versions."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def command() -> str:
+    """The command line that ran this study, relative to the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
+def warmup(overrides: list[str] = (), path: Path = WARMUP_DIR) -> Path:
+    """The testbed's warm-up checkpoint (the default config's `ibtpo sft`), made when missing.
+
+    The warm-up is defined by steps and seeds, so every machine makes the same model (up to
+    floating-point differences between CPUs); a checkpoint whose recorded settings differ from
+    the current defaults is made again.
+    """
+    from ibtpo.training.sft import run_sft
+
+    cfg = load_config(overrides=[f"sft.out_dir={path}", *overrides])
+    want = {"task": cfg.to_dict()["task"], "model": cfg.to_dict()["model"],
+            "sft": cfg.to_dict()["sft"]}
+    have = read_extra(path) if path.is_dir() else {}
+    if all(have.get(k) == v for k, v in want.items()):
+        print(f"== warm-up: reusing {path}")
+        return path
+    print(f"== warm-up: supervised training -> {path}")
+    run_sft(cfg, progress=sys.stderr.isatty())
+    return path
+
+
+def write_section(name: str, title: str, body: str, seconds: float, data: dict) -> Path:
+    """Write results/<name>.md (header + body) and results/<name>.json; return the .md path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    header = (f"## {title}\n\n"
+              f"- command: `{command()}`\n"
+              f"- date: {datetime.date.today().isoformat()}\n"
+              f"- machine: {machine()}\n"
+              f"- run time: {seconds / 60:.1f} min\n\n")
+    md = RESULTS / f"{name}.md"
+    md.write_text(header + body.rstrip() + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+    print(f"wrote {md}")
+    return md
