@@ -201,7 +201,23 @@ def _fresh_run_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def run_one(cfg, progress: bool = True, reuse: bool = True) -> tuple[dict, list[dict]]:
+def init_evaluation(cfg, cache: dict) -> dict:
+    """The held-out evaluation of `train.init` under `cfg`'s task and eval settings, computed
+    once per distinct setting (every run from one warm-up starts from the same figures)."""
+    from ibtpo.data import load_task
+    from ibtpo.rollout.policy import Policy
+
+    d = cfg.to_dict()
+    key = json.dumps([cfg.train.init, d["task"], d["eval"], d["model"],
+                      cfg.sampling.max_new_tokens], sort_keys=True)
+    if key not in cache:
+        problems = load_task(cfg.task).eval_set()[: cfg.eval.size]
+        cache[key] = Policy(cfg, cfg.train.init).evaluate(cfg, problems, seed=cfg.eval.seed)
+    return cache[key]
+
+
+def run_one(cfg, progress: bool = True, reuse: bool = True,
+            init_cache: dict | None = None) -> tuple[dict, list[dict]]:
     """Train one config (or reuse its finished run); return (summary, metrics rows)."""
     out = Path(cfg.train.out_dir)
     summary_path = out / SUMMARY_FILE
@@ -212,7 +228,8 @@ def run_one(cfg, progress: bool = True, reuse: bool = True) -> tuple[dict, list[
             return summary, read_metrics(out / "metrics.jsonl")
     _fresh_run_dir(out)
     start = time.perf_counter()
-    Trainer(cfg, progress=progress).train()
+    init_eval = init_evaluation(cfg, init_cache) if init_cache is not None else None
+    Trainer(cfg, progress=progress, init_eval=init_eval).train()
     rows = read_metrics(out / "metrics.jsonl")
     summary = {**summarise_run(rows), "wall_s": time.perf_counter() - start,
                "config": cfg.to_dict()}
@@ -234,7 +251,7 @@ def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | 
     baseline = baseline or next(iter(cfgs))
     n_seeds = seeds if isinstance(seeds, dict) else dict.fromkeys(cfgs, seeds)
     _check_comparable(cfgs, budget, n_seeds, baseline)
-    results, curves = {}, {}
+    results, curves, init_cache = {}, {}, {}
     for name, cfg in cfgs.items():
         results[name], curves[name] = [], []
         for seed in range(n_seeds[name]):
@@ -242,7 +259,7 @@ def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | 
             run_cfg = config_with(cfg, train={"seed": cfg.train.seed + seed, "token_budget": budget,
                                               "out_dir": str(run_dir)})
             print(f"== {name} seed {seed}: training to {budget:,} generated tokens -> {run_dir}")
-            summary, rows = run_one(run_cfg, progress, reuse)
+            summary, rows = run_one(run_cfg, progress, reuse, init_cache)
             results[name].append({k: v for k, v in summary.items() if k != "config"})
             curves[name].append(rows)
     report = markdown_report(results, budget, baseline)

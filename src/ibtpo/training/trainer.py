@@ -41,8 +41,11 @@ STATE_FILE = "trainer_state.pt"
 class Trainer:
     """IB-TPO / GRPO / tree baselines, chosen by config (``rollout.scorer``, ``advantage.estimator``)."""
 
-    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
+                 init_eval: dict | None = None):
+        """`init_eval`: the evaluation of `train.init` when the caller already has it (runs from
+        one warm-up share it), logged at step 0 instead of evaluating again."""
+        self.cfg, self.progress, self.init_eval = cfg, progress, init_eval
         self.out = Path(cfg.train.out_dir)
         torch.manual_seed(cfg.train.seed)
         self.policy = Policy(cfg, cfg.train.init)
@@ -169,7 +172,7 @@ class Trainer:
                           else "steps") as bar:
             if self.step == 0:
                 self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
-                                    **self.evaluate()})
+                                    **(self.init_eval or self.evaluate())})
             while not self.done():
                 tokens_before = self.generated_tokens
                 last = self.train_step()
