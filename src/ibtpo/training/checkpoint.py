@@ -41,7 +41,6 @@ import random
 import re
 import shutil
 import signal
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -142,7 +141,8 @@ def write_checkpoint(out_dir: str | Path, step: int, write_files: Callable[[Path
     if latest_checkpoint(out_dir) == final:
         return final  # this step is already saved
     remove_stale_temps(root)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp.mkdir()  # mode 0777 & ~umask, unlike mkdtemp's 0700: checkpoints are shared
     try:
         write_files(tmp)
         fault_point("ckpt:files", step)
