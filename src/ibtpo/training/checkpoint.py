@@ -216,16 +216,20 @@ def load_state(path: Path) -> dict:
     holds anything but plain data (a pickle that would run code is refused, not executed)."""
     if not path.is_file():
         raise ValueError(f"{path}: missing; expected the trainer state of an ibtpo checkpoint")
+    corrupt = f"{path}: corrupt or truncated trainer state ({{}}); expected a file written by ibtpo"
+    if not zipfile.is_zipfile(path):
+        raise ValueError(corrupt.format("not a torch.save archive"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: refused to load: the file asks to import or run code, and a "
-                         "trainer state may only hold tensors, numbers, strings, lists and dicts "
-                         f"({first[:200]})") from None
+        code = re.search(r"GLOBAL (\S+)", str(err))
+        if code is None:
+            raise ValueError(corrupt.format(str(err).strip().splitlines()[-1][:200])) from None
+        raise ValueError(f"{path}: refused to load: it asks to import and call {code.group(1)}, "
+                         "and a trainer state may only hold tensors, numbers, strings, lists and "
+                         "dicts (nothing was run)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
-        raise ValueError(f"{path}: corrupt or truncated trainer state ({type(err).__name__}: "
-                         f"{str(err)[:200]}); expected a file written by ibtpo") from None
+        raise ValueError(corrupt.format(f"{type(err).__name__}: {str(err)[:200]}")) from None
     check_state(state, path)
     return state
 
