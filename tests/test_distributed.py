@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from ibtpo.config import BUILTIN_CONFIGS, ConfigError, resolve_config_path
 from ibtpo.metrics import read_metrics
 from ibtpo.training.checkpoint import latest_checkpoint, load_state
 from ibtpo.training.distributed import combine, reduction_of
 
 WORKER = Path(__file__).parent / "_dp_worker.py"
+ACCELERATE_CONFIGS = BUILTIN_CONFIGS / "accelerate"
 
 
 def launch_two(out: Path, init: Path) -> subprocess.CompletedProcess:
     accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+    cmd = [str(accelerate), "launch", "--config_file", str(ACCELERATE_CONFIGS / "cpu.yaml"),
            str(WORKER), str(out), str(init), "--loop"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -95,3 +96,17 @@ def test_metric_reduction_rules():
     assert out["time/step_s"] == 3.0  # the slowest rank
     assert out["rollout/trajectories_per_1k_tokens"] == pytest.approx(1000 * 12 / 400)  # 30
     assert reduction_of("train/grad_norm") == "max" and reduction_of("adv/mean") == "prompts"
+
+
+def test_accelerate_configs_are_valid_and_not_training_configs():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    found = {p.stem: load_config_from_file(str(p)) for p in ACCELERATE_CONFIGS.glob("*.yaml")}
+    assert {k: (c.distributed_type.value, c.num_machines) for k, c in found.items()} == {
+        "one_gpu": ("NO", 1), "multi_gpu": ("MULTI_GPU", 1), "multi_node": ("MULTI_GPU", 2),
+        "fsdp": ("FSDP", 1), "cpu": ("MULTI_GPU", 1)}
+    assert found["fsdp"].fsdp_config["fsdp_version"] == 2
+    with pytest.raises(ConfigError) as err:  # the training-config names are unchanged
+        resolve_config_path("fsdp")
+    assert "grpo, grpo_clip_higher" in str(err.value) and "fsdp" not in str(err.value).split(
+        "(")[-1]
