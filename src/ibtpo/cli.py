@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"ibtpo {args.command}: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, ImportError) as err:  # bad input: a file, a path, a package
         print(f"ibtpo {args.command}: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

@@ -318,7 +318,10 @@ def load_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError([f"{path}: no such config file"], "config")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text (byte at offset {err.start}); expected a "
+                           "YAML config file"]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

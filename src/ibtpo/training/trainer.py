@@ -66,6 +66,7 @@ class Trainer:
             self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
         self.task = load_task(cfg.task)
         self.eval_problems = self.task.eval_set()[: cfg.eval.size]
+        self.check_prompts()
         self.estimator = get_estimator(cfg.advantage.estimator)
         a = cfg.advantage
         self.adv_params = AdvParams(beta=a.beta, lam=a.lam, prob_norm=cfg.rollout.prob_norm,
@@ -235,6 +236,14 @@ class Trainer:
             self.save_checkpoint()
         self.logger.close()
         return last
+
+    def check_prompts(self) -> None:
+        """Every prompt (held-out, and training rows of a dataset) fits the model's context with
+        ``sampling.max_new_tokens`` to spare; ValueError naming the dataset otherwise."""
+        source, max_new = f"task.name={self.cfg.task.name!r}", self.cfg.sampling.max_new_tokens
+        self.policy.check_prompts(self.eval_problems, max_new, f"{source} (held-out)")
+        if hasattr(self.task, "train_set"):
+            self.policy.check_prompts(self.task.train_set(), max_new, f"{source} (training rows)")
 
     # --- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
