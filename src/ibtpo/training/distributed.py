@@ -76,6 +76,12 @@ class Dist:
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
         self.is_main = self.accel.is_main_process
         self.fsdp = self.accel.distributed_type.value == "FSDP"
+        if self.accel.mixed_precision == "fp16":
+            raise ValueError("accelerate mixed_precision: fp16 is not supported (its loss scaling "
+                             "skips steps that ibtpo would count as non-finite); use bf16, or "
+                             "model.dtype=bfloat16 with mixed_precision 'no'")
+        # accelerate wraps the model and optimizer (DDP, FSDP, autocast) only when it has to
+        self.managed = self.world > 1 or self.fsdp or self.accel.mixed_precision != "no"
         if self.world == 1:
             self.device = resolve_device(device)
         else:
@@ -85,12 +91,10 @@ class Dist:
     # --- model and gradients ---------------------------------------------------------------------
     def prepare(self, model, optimizer):
         """(model, optimizer) wrapped for this launch (the same objects in one process)."""
-        if self.world == 1 and not self.fsdp:
-            return model, optimizer
-        return self.accel.prepare(model, optimizer)
+        return self.accel.prepare(model, optimizer) if self.managed else (model, optimizer)
 
     def unwrap(self, model):
-        return self.accel.unwrap_model(model) if self.world > 1 else model
+        return self.accel.unwrap_model(model) if self.managed else model
 
     def sync(self, model, last: bool):
         """Context of one micro-batch's forward and backward: gradients are all-reduced only at
@@ -103,17 +107,17 @@ class Dist:
         return self.world
 
     def backward(self, loss: torch.Tensor) -> None:
-        if self.world == 1:
-            loss.backward()
-        else:
+        if self.managed:
             self.accel.backward(loss)
+        else:
+            loss.backward()
 
     def clip_grad_norm(self, model, max_norm: float) -> torch.Tensor:
         """Global gradient norm before clipping (FSDP-aware through accelerate)."""
-        if self.world == 1 and not self.fsdp:
-            params = [p for p in model.parameters() if p.grad is not None]
-            return torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return self.accel.clip_grad_norm_(model.parameters(), max_norm)
+        if self.managed:
+            return self.accel.clip_grad_norm_(model.parameters(), max_norm)
+        params = [p for p in model.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     # --- state dicts (full, for checkpoints) and the FSDP rollout copy --------------------------
     def full_state_dict(self, model) -> dict:

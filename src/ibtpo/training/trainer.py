@@ -78,6 +78,7 @@ class Trainer:
         self.generator = stream_generator(seed, rank_stream(SAMPLING, rank),
                                           self.policy.device)  # token sampling
         self.step, self.generated_tokens, self.nonfinite_streak = 0, 0, 0
+        self.loss_share = 1.0  # this rank's share of the loss denominator (set by micro_batches)
         self.stop = StopSignals()
         if state is not None:
             self.load_state_dict(state, found)
@@ -216,25 +217,33 @@ class Trainer:
         total, done_units = ((t.token_budget, self.generated_tokens) if t.token_budget
                              else (t.steps, self.step))
         last: dict = {}
-        with progress_bar(self.progress, total, done_units, "tokens" if t.token_budget
-                          else "steps") as bar, self.stop:
-            if self.step == 0:
-                self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
-                                    **self.evaluate()})
-            while not self.done() and not self.dist.any(self.stop.signum is not None):
-                tokens_before = self.generated_tokens
-                last = self.train_step()
-                if self.eval_due(tokens_before):
-                    last.update(self.evaluate())
-                self.logger.log(self.step, last)
-                self.check_nonfinite(last)
-                ckpt.fault_point("step:end", self.step)
-                if t.ckpt_every and self.step % t.ckpt_every == 0:
-                    self.save_checkpoint()
-                bar.update(self.generated_tokens if t.token_budget else self.step,
-                           _bar_text(last))
+        try:
+            with progress_bar(self.progress, total, done_units, "tokens" if t.token_budget
+                              else "steps") as bar, self.stop:
+                if self.step == 0:
+                    self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
+                                        **self.evaluate()})
+                while not self.done() and not self.dist.any(self.stop.signum is not None):
+                    last = self.step_and_record()
+                    bar.update(self.generated_tokens if t.token_budget else self.step,
+                               _bar_text(last))
+                self.save_checkpoint()
+        finally:
+            self.logger.close()
+        return last
+
+    def step_and_record(self) -> dict:
+        """One step, then its evaluation when due, its log row, the non-finite check and its
+        checkpoint when due; returns its metrics."""
+        tokens_before, every = self.generated_tokens, self.cfg.train.ckpt_every
+        last = self.train_step()
+        if self.eval_due(tokens_before):
+            last.update(self.evaluate())
+        self.logger.log(self.step, last)
+        self.check_nonfinite(last)
+        ckpt.fault_point("step:end", self.step)
+        if every and self.step % every == 0:
             self.save_checkpoint()
-        self.logger.close()
         return last
 
     def check_prompts(self) -> None:
