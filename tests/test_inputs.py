@@ -3,10 +3,12 @@ prompts, empty data. Each gives one message naming the file or field, exit statu
 traceback, and leaves what was already written unchanged."""
 
 import importlib.util
+import io
 import json
 import shutil
 
 import pytest
+import torch
 
 from ibtpo.cli import main
 from ibtpo.inputs import check_prompt_lengths, check_utf8_lines, check_vocab, context_length
@@ -209,6 +211,9 @@ def test_bad_checkpoints_on_resume(warm_checkpoint, tmp_path, capsys):
     fails_cleanly(capsys, resume, str(state), "corrupt or truncated", out=out)
     state.unlink()
     fails_cleanly(capsys, resume, str(state), "missing", out=out)
+    raw = torch.load(io.BytesIO(good), weights_only=True)
+    torch.save({**raw, "world_size": 2}, state)
+    fails_cleanly(capsys, resume, "written by 2 process(es)", out=out)
     state.write_bytes(good)
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])

@@ -12,25 +12,30 @@ group. Under `accelerate launch --num_processes W` (see configs/accelerate/ and 
 - metrics are reduced over ranks by `reduce_metrics` (table `REDUCTIONS`); only rank 0 writes logs
   and checkpoints.
 Device: the rank's own device (`cuda:LOCAL_RANK`, or cpu with gloo when `model.device` resolves
-to cpu: a CPU-only machine runs `accelerate launch --multi_gpu --num_processes 2 ...`, because
-accelerate only spawns several CPU processes itself through mpirun).
+to cpu: a CPU-only machine runs configs/accelerate/cpu.yaml, a MULTI_GPU launch, because
+accelerate spawns several CPU processes itself only through mpirun).
 Mixed precision from the accelerate config patches the model's forward, which the rollout engine
 shares, so sampling and training run the same autocast.
-FSDP: the training model is sharded; rollouts and evaluation run on a full, unsharded copy that is
-refreshed after every optimizer step (`FSDP_NOTE`). Written for accelerate's FSDP, which needs
-GPUs; it has not run here (no GPU).
+FSDP: the training model is sharded; rollouts and evaluation run on a full, unsharded copy that
+is refreshed after every optimizer step (`separate_rollout_model`). Written for accelerate's FSDP,
+which needs GPUs; it has not run here (no GPU).
+Collectives wait up to COLLECTIVE_TIMEOUT_S (ranks wait for the slowest rollout and for rank 0's
+evaluation).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 
 import torch
 
 from ibtpo.models import resolve_device
 
-FSDP_NOTE = "FSDP: rollouts use a full copy of the weights, refreshed after each optimizer step"
+# Ranks wait for each other at every step (rollouts differ in length) and while rank 0 evaluates:
+# far longer than torch's default NCCL timeout (10 minutes) on a large model and eval set.
+COLLECTIVE_TIMEOUT_S = 4 * 3600
 
 # How each metric combines over ranks: "sum", "max", "traj" (mean weighted by the rank's
 # trajectories), "loss" (weighted by the rank's share of the loss denominator), or "prompts"
@@ -70,9 +75,11 @@ class Dist:
 
     def __init__(self, device: str):
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
 
         cpu = launched() and resolve_device(device).type == "cpu"
-        self.accel = Accelerator(cpu=cpu, device_placement=False)
+        patience = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        self.accel = Accelerator(cpu=cpu, device_placement=False, kwargs_handlers=[patience])
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
         self.is_main = self.accel.is_main_process
         self.fsdp = self.accel.distributed_type.value == "FSDP"
@@ -177,12 +184,15 @@ class Dist:
         """This rank's contiguous share of `items` (rank 0's list, broadcast first)."""
         if self.world == 1:
             return items
-        if len(items) < self.world:
-            raise ValueError(f"train.prompts_per_step: got {len(items)}, expected at least one "
-                             f"prompt per process ({self.world} processes)")
+        self.check_prompts_per_step(len(items))
         items = self.broadcast(items)
         with self.accel.split_between_processes(items) as mine:
             return list(mine)
+
+    def check_prompts_per_step(self, n: int) -> None:
+        if n < self.world:
+            raise ValueError(f"train.prompts_per_step: got {n}, expected at least one prompt per "
+                             f"process ({self.world} processes)")
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""

@@ -45,6 +45,7 @@ class Trainer:
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True):
         self.cfg, self.out = cfg, Path(cfg.train.out_dir)
         self.dist = Dist(cfg.model.device)
+        self.dist.check_prompts_per_step(cfg.train.prompts_per_step)
         self.progress = progress and self.dist.is_main
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         found = self.find_resume_checkpoint(resume)
