@@ -97,7 +97,8 @@ def fails_on_sevens(prompts, completions, answer=None, **_):
 def test_guarded_reward_scores_the_rest_and_names_the_failing_prompt(caplog):
     guarded = GuardedReward(fails_on_sevens, "unscorable", "custom")
     with caplog.at_level(logging.WARNING, logger="ibtpo"):
-        rewards = guarded(["1+2=?\n", "7+1=?\n", "3+3=?\n"], ["a", "b", "c"], answer=["3", "8", "6"])
+        rewards = guarded(["1+2=?\n", "7+1=?\n", "3+3=?\n"], ["a", "b", "c"],
+                          answer=["3", "8", "6"])
     assert rewards == [1.0, None, 1.0] and guarded.take_errors() == 1 and guarded.errors == 0
     assert "7+1=?" in caplog.text and "ZeroDivisionError: bad row" in caplog.text
     stopping = GuardedReward(fails_on_sevens, "stop", "custom")

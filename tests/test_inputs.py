@@ -221,7 +221,7 @@ def test_bad_checkpoints_on_resume(warm_checkpoint, tmp_path, capsys):
     fails_cleanly(capsys, args, "holds the checkpoints of an earlier run", "--resume", out=out)
 
 
-# --- the checks themselves -------------------------------------------------------------------------
+# --- the checks themselves ----------------------------------------------------------------------
 def test_checks_on_hand_built_inputs(tmp_path, tiny_model, char_tokenizer):
     text = tmp_path / "t.jsonl"
     text.write_bytes(b'{"a": 1}\n{"b": "\xc3\xa9"}\n{"c": "\xe9"}\n')  # line 2 is UTF-8 "é"
