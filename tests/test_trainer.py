@@ -13,6 +13,8 @@ from ibtpo.data.rewards import get_reward_fn
 from ibtpo.evaluation import evaluate
 from ibtpo.metrics import METRIC_DOCS, read_metrics
 from ibtpo.training.logprobs import sequence_logprobs
+from ibtpo.training.checkpoint import latest_checkpoint
+from ibtpo.training.faults import TrainingError
 from ibtpo.training.trainer import Trainer, _agg_count
 
 EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24", "eval.size=30",
@@ -85,7 +87,7 @@ def test_resume_without_checkpoint_is_a_clear_error(warm_checkpoint, tmp_path, c
     code = main(["train", "--config", "grpo", "--set", f"train.init={warm_checkpoint}",
                  "--set", f"train.out_dir={tmp_path}", "--resume", "--no-progress"])
     assert code == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    assert "no checkpoint in" in capsys.readouterr().err
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(warm_checkpoint, tmp_path, monkeypatch):
@@ -95,16 +97,20 @@ def test_failed_checkpoint_write_keeps_the_previous_one(warm_checkpoint, tmp_pat
     saved = (path / "model.safetensors").read_bytes()
 
     def broken_save(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     with torch.no_grad():
         next(trainer.model.parameters()).add_(1.0)
+    trainer.step = 1
     monkeypatch.setattr(trainer.model, "save_pretrained", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(TrainingError, match="No space left on device.*earlier checkpoints are "
+                                            "intact"):
         trainer.save_checkpoint()
+    root = tmp_path / "checkpoints"
+    assert latest_checkpoint(tmp_path) == path and path.name == "step-00000000"
     assert (path / "model.safetensors").read_bytes() == saved
     assert json.loads((path / "ibtpo.json").read_text())["step"] == 0
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000000"]  # no temp dir
 
 
 @pytest.mark.parametrize("agg_mode", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])

@@ -44,6 +44,12 @@ def cmd_train(args):
 
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     trainer.train()
+    if trainer.stop.signum is not None:  # SIGINT / SIGTERM: checkpoint written, exit 128 + n
+        if trainer.dist.is_main:
+            print(f"ibtpo train: stopped at step {trainer.step} by signal {trainer.stop.signum}; "
+                  f"checkpoint in {cfg.train.out_dir}/checkpoints; continue with --resume",
+                  file=sys.stderr)
+        return 128 + trainer.stop.signum
 
 
 def cmd_score(args):
@@ -96,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sft)
     p = sub.add_parser("train", help="RL training (IB-TPO, GRPO, tree baselines)")
     _common(p)
-    p.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in train.out_dir/checkpoints")
     p.set_defaults(func=cmd_train)
     for name, func, text in (("eval", cmd_eval, "greedy pass@1 and avg@k on held-out problems"),
                              ("score", cmd_score, "IB-Score diagnostics of a policy's trees")):
@@ -139,18 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "config":
         _quiet_transformers()
+    from ibtpo.training.faults import TrainingError
+
     try:
-        args.func(args)
+        code = args.func(args)
     except ConfigError as err:
         print(f"ibtpo {args.command}: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, ImportError) as err:  # bad input: a file, a path, a package
         print(f"ibtpo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:
+        print(f"ibtpo {args.command}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ibtpo {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

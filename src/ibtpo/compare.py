@@ -194,7 +194,7 @@ def _fresh_run_dir(path: Path) -> None:
     if not path.exists():
         return
     names = {p.name for p in path.iterdir()}
-    if names - {"metrics.jsonl", "tb", "checkpoint", SUMMARY_FILE} and not names & {
+    if names - {"metrics.jsonl", "tb", "checkpoint", "checkpoints", SUMMARY_FILE} and not names & {
             "metrics.jsonl", SUMMARY_FILE}:
         raise ConfigError([f"train.out_dir: {path} holds files that are not an ibtpo run; "
                            "choose another --out"], "comparison")

@@ -64,6 +64,9 @@ class TaskConfig:
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
     reward: str = F("arithmetic", "verifier: 'arithmetic', 'numeric' or 'math_verify'",
                     choices=("arithmetic", "numeric", "math_verify"))
+    reward_errors: str = F("unscorable", "a reward function that raises: 'unscorable' (log the "
+                           "prompt and error, score the trajectory None) or 'stop' (end the run)",
+                           choices=("unscorable", "stop"))
 
 
 @dataclass
@@ -71,6 +74,8 @@ class ModelConfig:
     name_or_path: str = F("tiny", "preset ('tiny', 'tiny-test') or a Hugging Face checkpoint dir")
     dtype: str = F("float32", "parameter dtype", choices=("float32", "bfloat16", "float16"))
     device: str = F("auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
+    trust_remote_code: bool = F(False, "let a checkpoint run its own Python code (transformers' "
+                                "trust_remote_code); only for checkpoints you trust")
 
 
 @dataclass
@@ -156,6 +161,9 @@ class TrainConfig:
                                "N (0 = off): the same points for methods of different step sizes",
                                min=0)
     ckpt_every: int = F(0, "checkpoint every N steps (0 = at the end only)", min=0)
+    keep_checkpoints: int = F(3, "checkpoints kept in {out_dir}/checkpoints (the newest K)", min=1)
+    max_nonfinite_steps: int = F(3, "stop after this many steps in a row with a NaN/inf loss or "
+                                 "gradient (each is skipped, weights untouched); 0 = never", min=0)
     out_dir: str = F("runs/train", "output directory (metrics.jsonl, tensorboard, checkpoints)")
     seed: int = F(0, "seed of prompts, sampling and tie-breaking", min=0)
     tensorboard: bool = F(True, "also write TensorBoard event files")
@@ -310,7 +318,10 @@ def load_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError([f"{path}: no such config file"], "config")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text (byte at offset {err.start}); expected a "
+                           "YAML config file"]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

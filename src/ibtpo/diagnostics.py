@@ -23,6 +23,8 @@ def run_score(cfg: Config, model_path: str, out_json: str | None = None,
               progress: bool = True) -> dict:
     policy = Policy(cfg, model_path)
     problems = load_task(cfg.task).eval_set()[: cfg.eval.size]
+    policy.check_prompts(problems, cfg.sampling.max_new_tokens,
+                         f"task.name={cfg.task.name!r} (held-out)")
     rng = stream_rng(cfg.train.seed, BRANCHING)
     generator = stream_generator(cfg.train.seed, SAMPLING, policy.device)
     chunk, trees, generated = cfg.train.prompts_per_step, [], 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ibtpo.data import load_task
 from ibtpo.data.rewards import get_reward_fn
+from ibtpo.inputs import check_prompt_lengths
 from ibtpo.models import encode_prompt, load_model, read_extra
 from ibtpo.rollout.engine import Engine, SamplingParams
 from ibtpo.seeding import EVAL_SAMPLING, stream_generator
@@ -133,8 +134,12 @@ def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
 
     for line in task_mismatch(cfg, model_dir):
         print(f"warning: {line}")
-    model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype)
-    result = evaluate(model, tokenizer, held_out(load_task(cfg.task), cfg.eval.size),
+    model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype,
+                                  trust_remote_code=cfg.model.trust_remote_code)
+    problems = held_out(load_task(cfg.task), cfg.eval.size)
+    check_prompt_lengths(problems, lambda text: encode_prompt(tokenizer, text), model,
+                         cfg.sampling.max_new_tokens, f"task.name={cfg.task.name!r} (held-out)")
+    result = evaluate(model, tokenizer, problems,
                       get_reward_fn(cfg.task.reward), k=cfg.eval.k,
                       temperature=cfg.eval.temperature,
                       max_new_tokens=cfg.sampling.max_new_tokens,

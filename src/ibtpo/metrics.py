@@ -92,6 +92,8 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/branches": "continuations sampled in the branching rounds (after round 1)",
     "time/generate_s": "seconds spent in engine.generate this step",
     "time/reward_s": "seconds spent in the reward function this step",
+    "rollout/reward_errors": "completions whose reward function raised (scored None; see task.reward_errors)",
+    "train/skipped": "share of the step's optimizer iterations skipped for a NaN/inf loss or gradient",
 }
 
 
@@ -198,22 +200,24 @@ def to_jsonable(value):
     raise ValueError(f"metrics: expected numbers, 0-d tensors or dicts, got {type(value).__name__}")
 
 
-def _open_tensorboard(out_dir: str):
+def _open_tensorboard(out_dir: str, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard not installed: JSONL only
         return None
-    return SummaryWriter(log_dir=os.path.join(out_dir, "tb"))
+    return SummaryWriter(log_dir=os.path.join(out_dir, "tb"), purge_step=purge_step)
 
 
 class MetricsLogger:
     """Appends one JSON object per step to out_dir/metrics.jsonl, and scalars to TensorBoard."""
 
-    def __init__(self, out_dir: str, tensorboard: bool = True):
+    def __init__(self, out_dir: str, tensorboard: bool = True, purge_step: int | None = None):
+        """`purge_step`: TensorBoard hides earlier events at this step and after (a resumed run
+        logs those steps again)."""
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = _open_tensorboard(out_dir) if tensorboard else None
+        self._tb = _open_tensorboard(out_dir, purge_step) if tensorboard else None
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), **to_jsonable(dict(metrics))}

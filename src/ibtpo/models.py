@@ -39,6 +39,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from ibtpo.inputs import check_vocab
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>",
                   "unk_token": "<unk>"}
 ATTN_IMPLEMENTATION = "sdpa"
@@ -115,40 +117,67 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def load_model(path_or_preset: str, device: str = "cpu", dtype: str = "float32",
-               seed: int = 0) -> tuple:
+               seed: int = 0, trust_remote_code: bool = False) -> tuple:
     """(model, tokenizer) from a preset name (fresh init with `seed`) or a checkpoint.
 
     A checkpoint is a local directory (or a model already in the local HF cache) loaded with
-    `AutoModelForCausalLM` / `AutoTokenizer`, local files only. A tokenizer without a pad token
-    gets its EOS token as pad.
+    `AutoModelForCausalLM` / `AutoTokenizer`, local files only, running code shipped with it only
+    when `trust_remote_code`. A tokenizer without a pad token gets its EOS token as pad.
     """
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     if path_or_preset in PRESETS:
         tokenizer = build_tokenizer()
         model = build_model(path_or_preset, tokenizer, seed=seed)
     else:
-        model, tokenizer = load_pretrained(path_or_preset, torch_dtype)
+        model, tokenizer = load_pretrained(path_or_preset, torch_dtype, trust_remote_code)
     return model.to(device=dev, dtype=torch_dtype), tokenizer
 
 
-def load_pretrained(path: str, dtype: torch.dtype) -> tuple:
-    """Load a Hugging Face checkpoint from local files; ValueError naming `path` if impossible."""
+def load_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> tuple:
+    """Load a Hugging Face checkpoint from local files; ValueError naming `path`, the part that
+    failed (tokenizer or model) and what was expected."""
+    expected = (f"expected a preset ({', '.join(PRESETS)}) or a Hugging Face checkpoint "
+                "directory")
+    kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except Exception as err:  # tokenizers raises plain Exceptions for a damaged tokenizer.json
+        raise ValueError(f"cannot load the tokenizer of {path!r} (tokenizer.json, "
+                         f"tokenizer_config.json): {_reason(err)}; {expected}") from None
+    try:
         with quiet_hf_progress():
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load model {path!r}: expected a preset ({', '.join(PRESETS)}) "
-                         f"or a Hugging Face checkpoint directory ({err})") from None
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    except Exception as err:  # safetensors, torch and transformers each raise their own types
+        raise ValueError(f"cannot load the model of {path!r} (config.json, model.safetensors): "
+                         f"{_reason(err)}; {expected}") from None
+    check_vocab(model, tokenizer, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
+def _reason(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    if "trust_remote_code" in text:
+        return ("it ships its own Python code, which runs only with model.trust_remote_code=true "
+                "(set it only for checkpoints you trust)")
+    return f"{type(err).__name__}: {text[:400]}"
+
+
 def read_extra(path: str | Path) -> dict:
-    """The `ibtpo.json` of a checkpoint directory ({} when it has none)."""
+    """The `ibtpo.json` of a checkpoint directory ({} when it has none); ValueError naming the
+    file when it is not a JSON object."""
     file = Path(path) / EXTRA_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
+    if not file.is_file():
+        return {}
+    try:
+        extra = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not valid JSON ({err}); expected ibtpo's checkpoint notes") \
+            from None
+    if not isinstance(extra, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(extra).__name__}")
+    return extra
 
 
 def write_checkpoint_files(model, tokenizer, directory: Path, extra: dict | None,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ibtpo.config import TaskConfig
 from ibtpo.data.arithmetic import ArithmeticTask, Problem
+from ibtpo.inputs import check_utf8_lines
 from ibtpo.seeding import HELD_OUT, stream_rng
 
 KNOWN_FIELDS = ("prompt", "answer", "solution", "n_terms")
@@ -113,6 +114,8 @@ def load_problems(name: str) -> list[Problem]:
                          "'hf:NAME[:SPLIT]'")
     if not path.is_file():
         raise ValueError(f"task.name={name!r}: no such file")
+    if path.suffix != ".parquet":
+        check_utf8_lines(path)
     problems = load_parquet(path) if path.suffix == ".parquet" else load_jsonl(path)
     if not problems:
         raise ValueError(f"{path}: no rows; expected objects with fields 'prompt' and 'answer'")
@@ -136,6 +139,10 @@ class DatasetTask:
     def eval_set(self) -> list[Problem]:
         """The held-out rows, in file order."""
         return list(self._eval)
+
+    def train_set(self) -> list[Problem]:
+        """Every training row (for checks over the whole split)."""
+        return list(self._train)
 
     def train_batch(self, n: int, rng: random.Random) -> list[Problem]:
         """`n` training rows drawn with replacement with `rng`."""

@@ -12,6 +12,7 @@ import torch
 from ibtpo.config import Config
 from ibtpo.data.rewards import get_reward_fn
 from ibtpo.evaluation import evaluate
+from ibtpo.inputs import check_prompt_lengths
 from ibtpo.models import encode_prompt, load_model, resolve_device
 from ibtpo.rollout.engine import Engine, SamplingParams
 from ibtpo.rollout.sampler import RolloutParams, sample_trees
@@ -39,7 +40,8 @@ class Policy:
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"model.device: got {cfg.model.device!r}, but CUDA is not available")
         self.device = resolve_device(cfg.model.device)
-        self.model, self.tokenizer = load_model(model_path, str(self.device), cfg.model.dtype)
+        self.model, self.tokenizer = load_model(model_path, str(self.device), cfg.model.dtype,
+                                                trust_remote_code=cfg.model.trust_remote_code)
         self.model.eval()
         self.reward_fn = get_reward_fn(cfg.task.reward)
         self.engine = Engine(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
@@ -47,6 +49,11 @@ class Policy:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def check_prompts(self, problems, max_new_tokens: int, source: str) -> None:
+        """ValueError naming `source` when a prompt plus `max_new_tokens` exceeds the context."""
+        check_prompt_lengths(problems, lambda text: encode_prompt(self.tokenizer, text),
+                             self.model, max_new_tokens, source)
 
     def grow_trees(self, cfg: Config, problems, rng: random.Random, generator: torch.Generator):
         """One tree per problem (ALGORITHM.md §3); returns (trees, metrics)."""

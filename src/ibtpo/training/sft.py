@@ -179,7 +179,8 @@ class SFTRun:
         self.cfg, self.s = cfg, cfg.sft
         self.model, self.tokenizer = load_model(cfg.model.name_or_path, cfg.model.device,
                                                 cfg.model.dtype,
-                                                seed=stream_seed(cfg.sft.seed, SFT_INIT))
+                                                seed=stream_seed(cfg.sft.seed, SFT_INIT),
+                                                trust_remote_code=cfg.model.trust_remote_code)
         self.device = next(self.model.parameters()).device
         self.task = load_task(cfg.task)
         check_solutions(self.task, cfg.task.name)

@@ -6,15 +6,18 @@ Shapes: ``P`` prompts per step (``train.prompts_per_step``), ``G`` trajectories 
 The trainer owns the policy, the frozen reference (only loaded when ``loss.beta_kl > 0`` or A_IB
 uses the reference policy's step probabilities, ``advantage.ib_prob = "ref"``), the
 optimizer, the step counter and the RNG streams; everything else is a named call into the core.
-Checkpoints (``{train.out_dir}/checkpoint``) hold the HF model and tokenizer, the optimizer, the RNG
-states, the step, the generated-token count and the config; they are written atomically.
+Checkpoints (``{train.out_dir}/checkpoints/step-N``, ``latest`` names the newest; see
+``training/checkpoint.py``) hold the HF model and tokenizer, the optimizer, the scheduler, every RNG
+state, the step, the generated-token count and the config; a killed run resumes bit for bit.
+Under ``accelerate launch`` each rank grows the trees of its share of the step's prompts and the
+gradients, loss denominators, token counts and metrics are global (``training/distributed.py``).
+Faults (non-finite steps, raising reward functions, SIGINT/SIGTERM): ``training/faults.py``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,17 +28,15 @@ from ibtpo.core.advantages import AdvParams, get_estimator
 from ibtpo.core.losses import policy_loss
 from ibtpo.data import load_task
 from ibtpo.metrics import MetricsLogger, tree_metrics
-from ibtpo.models import save_checkpoint
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
 from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
+from ibtpo.training import checkpoint as ckpt
 from ibtpo.training.batch import Batch, from_trees
+from ibtpo.training.distributed import Dist, rank_stream
+from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.reference import fill_ref_logprobs
-
-STATE_FILE = "trainer_state.pt"
-
-
 
 
 class Trainer:
@@ -45,79 +46,108 @@ class Trainer:
                  init_eval: dict | None = None):
         """`init_eval`: the evaluation of `train.init` when the caller already has it (runs from
         one warm-up share it), logged at step 0 instead of evaluating again."""
-        self.cfg, self.progress, self.init_eval = cfg, progress, init_eval
-        self.out = Path(cfg.train.out_dir)
-        torch.manual_seed(cfg.train.seed)
-        self.policy = Policy(cfg, cfg.train.init)
+        self.cfg, self.out, self.init_eval = cfg, Path(cfg.train.out_dir), init_eval
+        self.dist = Dist(cfg.model.device)
+        self.dist.check_prompts_per_step(cfg.train.prompts_per_step)
+        self.progress = progress and self.dist.is_main
+        torch.manual_seed(cfg.train.seed + self.dist.rank)
+        found = self.find_resume_checkpoint(resume)
+        self.policy = Policy(config_with(cfg, model={"device": str(self.dist.device)}),
+                             cfg.train.init)
+        self.policy.reward_fn = GuardedReward(self.policy.reward_fn, cfg.task.reward_errors,
+                                              cfg.task.reward)
         self.model = self.policy.model
         needs_ref = cfg.loss.beta_kl > 0 or (cfg.advantage.estimator == "ibtpo"
                                              and cfg.advantage.ib_prob == "ref")
         self.ref_model = _frozen_copy(self.model) if needs_ref else None
+        state = self.load_weights(found) if found else None
+        self.dist.separate_rollout_model(self.policy)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
+        self.model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
         warmup = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
         self.task = load_task(cfg.task)
         self.eval_problems = self.task.eval_set()[: cfg.eval.size]
+        self.check_prompts()
         self.estimator = get_estimator(cfg.advantage.estimator)
         a = cfg.advantage
         self.adv_params = AdvParams(beta=a.beta, lam=a.lam, prob_norm=cfg.rollout.prob_norm,
                                     ib_adv_on_zero_var_groups=a.ib_adv_on_zero_var_groups,
                                     ib_prob=a.ib_prob)
-        seed = cfg.train.seed
-        self.problem_rng = stream_rng(seed, TRAIN_PROBLEMS)  # which prompts, step after step
-        self.rng = stream_rng(seed, BRANCHING)  # tie-breaking and the random scorer
-        self.generator = stream_generator(seed, SAMPLING, self.policy.device)  # token sampling
-        self.step, self.generated_tokens = 0, 0
-        if resume:
-            self.load_checkpoint(self.out / "checkpoint")
-        self.logger = MetricsLogger(self.out, tensorboard=cfg.train.tensorboard)
+        seed, rank = cfg.train.seed, self.dist.rank
+        self.problem_rng = stream_rng(seed, TRAIN_PROBLEMS)  # which prompts (rank 0's are used)
+        self.rng = stream_rng(seed, rank_stream(BRANCHING, rank))  # tie-breaking, random scorer
+        self.generator = stream_generator(seed, rank_stream(SAMPLING, rank),
+                                          self.policy.device)  # token sampling
+        self.step, self.generated_tokens, self.nonfinite_streak = 0, 0, 0
+        self.loss_share = 1.0  # this rank's share of the loss denominator (set by micro_batches)
+        self.stop = StopSignals()
+        if state is not None:
+            self.load_state_dict(state, found)
+        self.logger = self.open_logger()
 
     # --- one step -------------------------------------------------------------------------------
     def train_step(self) -> dict:
         """Sample P trees, compute step advantages, update the policy; returns the step's metrics."""
         t0 = time.perf_counter()
-        problems = self.task.train_batch(self.cfg.train.prompts_per_step, self.problem_rng)
+        problems = self.dist.share(self.task.train_batch(self.cfg.train.prompts_per_step,
+                                                         self.problem_rng))
         trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng, self.generator)
         if self.adv_params.ib_prob == "ref":
             fill_ref_logprobs(self.ref_model, trees, self.policy.tokenizer.pad_token_id,
                               self.cfg.sampling.temperature, self.cfg.train.micro_batch_size)
         advantages, adv_metrics = self.estimator(trees, self.adv_params)
         batch = from_trees(trees, advantages, self.policy.tokenizer.pad_token_id)
+        ckpt.fault_point("step:rollout", self.step + 1)
         t1 = time.perf_counter()
         loss_metrics = self.update(batch.to(self.policy.device))
         t2 = time.perf_counter()
+        metrics = self.dist.reduce_metrics(
+            {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
+                                               self.adv_params.prob_norm),
+             **adv_metrics, **loss_metrics, "rollout/reward_errors":
+             self.policy.reward_fn.take_errors(), "time/rollout_s": t1 - t0,
+             "time/train_s": t2 - t1, "time/step_s": t2 - t0},
+            {"prompts": len(trees), "traj": len(batch), "loss": self.loss_share})
         self.step += 1
-        self.generated_tokens += int(rollout_metrics["rollout/generated_tokens"])
-        return {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
-                                                  self.adv_params.prob_norm),
-                **adv_metrics, **loss_metrics, "train/step": self.step,
-                "train/generated_tokens": self.generated_tokens, "train/lr": self.scheduler.get_last_lr()[0],
-                "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/step_s": t2 - t0}
+        self.generated_tokens += int(metrics["rollout/generated_tokens"])
+        return {**metrics, "train/step": self.step, "train/generated_tokens": self.generated_tokens,
+                "train/lr": self.scheduler.get_last_lr()[0]}
 
     def update(self, batch: Batch) -> dict:
-        """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches."""
+        """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches;
+        an iteration with a non-finite loss or gradient is skipped (and the ones after it)."""
         self.model.train()
         metrics: list[dict] = []
         for _ in range(self.cfg.train.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            for mb, weight in self.micro_batches(batch):
-                loss, m = self.micro_step(mb)
-                (loss * weight).backward()
+            mbs, finite = list(self.micro_batches(batch)), torch.tensor(True)
+            for i, (mb, weight) in enumerate(mbs):
+                with self.dist.sync(self.model, last=i == len(mbs) - 1):
+                    loss, m = self.micro_step(mb)
+                    self.dist.backward(loss * weight)
+                finite = finite & torch.isfinite(loss.detach()).cpu()
                 metrics.append(m)
-            metrics[-1]["train/grad_norm"] = self.clip_and_step()
+            norm, skipped = self.clip_and_step(bool(finite))
+            metrics[-1].update({"train/grad_norm": norm, "train/skipped": float(skipped)})
+            if skipped:
+                break
         self.model.eval()
         return _mean_metrics(metrics)
 
     def micro_batches(self, batch: Batch):
         """Slices of at most ``train.micro_batch_size`` rows, each weighted by its share of the
-        aggregation's denominator, so accumulated gradients equal the full-batch loss's."""
+        aggregation's denominator over every rank, so accumulated (and all-reduced) gradients
+        equal the full global batch's."""
         size, n, mode = self.cfg.train.micro_batch_size, len(batch), self.cfg.loss.agg_mode
-        total = _agg_count(batch.response_mask, mode).clamp(min=1)
+        local = _agg_count(batch.response_mask, mode)
+        total = self.dist.global_sum(local).clamp(min=1)
+        self.loss_share = float(local / total)
         for i in range(0, n, size):
             mb = batch.slice(i, min(i + size, n))
-            yield mb, _agg_count(mb.response_mask, mode) / total
+            yield mb, _agg_count(mb.response_mask, mode) / total * self.dist.loss_scale()
 
     def micro_step(self, mb: Batch):
         temp = self.cfg.sampling.temperature
@@ -135,13 +165,31 @@ class Trainer:
                            beta_kl=lc.beta_kl, entropy=entropy, entropy_coef=lc.entropy_coef,
                            agg_mode=lc.agg_mode, max_response_len=self.cfg.sampling.max_new_tokens)
 
-    def clip_and_step(self) -> torch.Tensor:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.cfg.train.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    def clip_and_step(self, finite_loss: bool) -> tuple[torch.Tensor, bool]:
+        """Clip and step, unless the loss or the gradient norm is non-finite on any rank; returns
+        (grad norm before clipping, skipped)."""
+        norm = self.dist.clip_grad_norm(self.model, self.cfg.train.grad_clip or float("inf"))
+        if self.dist.any(not (finite_loss and bool(torch.isfinite(norm)))):
+            self.optimizer.zero_grad(set_to_none=True)
+            return norm.detach(), True
         self.optimizer.step()
         self.scheduler.step()
-        return norm.detach()
+        self.dist.refresh_rollout_model(self.model, self.policy)
+        return norm.detach(), False
+
+    def check_nonfinite(self, metrics: dict) -> None:
+        """Count skipped steps in a row; TrainingError at ``train.max_nonfinite_steps``."""
+        if not metrics.get("train/skipped"):
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_streak += 1
+        limit = self.cfg.train.max_nonfinite_steps
+        text = nonfinite_message(self.step, self.nonfinite_streak, limit,
+                                 float(metrics.get("train/grad_norm", float("nan"))))
+        if self.dist.is_main:
+            log.warning("%s", text)
+        if limit and self.nonfinite_streak >= limit:
+            raise TrainingError(text + "; stopping: the weights are those before these steps")
 
     # --- the loop -------------------------------------------------------------------------------
     def done(self) -> bool:
@@ -149,7 +197,11 @@ class Trainer:
         return self.generated_tokens >= t.token_budget if t.token_budget else self.step >= t.steps
 
     def evaluate(self) -> dict:
-        return self.policy.evaluate(self.cfg, self.eval_problems, seed=self.cfg.eval.seed)
+        """Held-out evaluation on rank 0 (the other ranks wait and get {})."""
+        result = (self.policy.evaluate(self.cfg, self.eval_problems, seed=self.cfg.eval.seed)
+                  if self.dist.is_main else {})
+        self.dist.barrier()
+        return result
 
     def eval_due(self, tokens_before: int) -> bool:
         """Evaluate after this step: every `eval_every` steps, when the generated tokens crossed a
@@ -162,69 +214,134 @@ class Trainer:
         return bool(by_steps or by_tokens or self.done())
 
     def train(self) -> dict:
-        """Run until ``train.steps`` (or ``train.token_budget`` generated tokens); return the last
-        metrics, including a final held-out evaluation."""
+        """Run until ``train.steps`` (or ``train.token_budget`` generated tokens), or until SIGINT
+        / SIGTERM (then ``self.stop.signum`` is set); return the last metrics, including a final
+        held-out evaluation when the run completed. A checkpoint is written at the end."""
         t = self.cfg.train
         total, done_units = ((t.token_budget, self.generated_tokens) if t.token_budget
                              else (t.steps, self.step))
         last: dict = {}
-        with progress_bar(self.progress, total, done_units, "tokens" if t.token_budget
-                          else "steps") as bar:
-            if self.step == 0:
-                self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
-                                    **(self.init_eval or self.evaluate())})
-            while not self.done():
-                tokens_before = self.generated_tokens
-                last = self.train_step()
-                if self.eval_due(tokens_before):
-                    last.update(self.evaluate())
-                self.logger.log(self.step, last)
-                if t.ckpt_every and self.step % t.ckpt_every == 0:
-                    self.save_checkpoint()
-                bar.update(self.generated_tokens if t.token_budget else self.step,
-                           _bar_text(last))
-        self.save_checkpoint()
-        self.logger.close()
+        try:
+            with progress_bar(self.progress, total, done_units, "tokens" if t.token_budget
+                              else "steps") as bar, self.stop:
+                if self.step == 0:
+                    self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
+                                        **(self.init_eval or self.evaluate())})
+                while not self.done() and not self.dist.any(self.stop.signum is not None):
+                    last = self.step_and_record()
+                    bar.update(self.generated_tokens if t.token_budget else self.step,
+                               _bar_text(last))
+                self.save_checkpoint()
+        finally:
+            self.logger.close()
         return last
 
+    def step_and_record(self) -> dict:
+        """One step, then its evaluation when due, its log row, the non-finite check and its
+        checkpoint when due; returns its metrics."""
+        tokens_before, every = self.generated_tokens, self.cfg.train.ckpt_every
+        last = self.train_step()
+        if self.eval_due(tokens_before):
+            last.update(self.evaluate())
+        self.logger.log(self.step, last)
+        self.check_nonfinite(last)
+        ckpt.fault_point("step:end", self.step)
+        if every and self.step % every == 0:
+            self.save_checkpoint()
+        return last
+
+    def check_prompts(self) -> None:
+        """Every prompt (held-out, and training rows of a dataset) fits the model's context with
+        ``sampling.max_new_tokens`` to spare; ValueError naming the dataset otherwise."""
+        source, max_new = f"task.name={self.cfg.task.name!r}", self.cfg.sampling.max_new_tokens
+        self.policy.check_prompts(self.eval_problems, max_new, f"{source} (held-out)")
+        if hasattr(self.task, "train_set"):
+            self.policy.check_prompts(self.task.train_set(), max_new, f"{source} (training rows)")
+
     # --- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, path: Path | None = None) -> Path:
-        """Write model, tokenizer, optimizer, RNG states, counters and config; atomic swap."""
-        path = Path(path or self.out / "checkpoint")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".state-") as tmp:
-            state_file = Path(tmp) / STATE_FILE
-            torch.save(self.state_dict(), state_file)
-            save_checkpoint(self.model, self.policy.tokenizer, path,
-                            {"config": self.cfg.to_dict(), "step": self.step}, files=[state_file])
+    def save_checkpoint(self) -> Path:
+        """Checkpoint of this step in ``{out_dir}/checkpoints`` (crash-safe, the newest
+        ``train.keep_checkpoints`` kept); every rank takes part, rank 0 writes. A failed write
+        (disk full) raises TrainingError and leaves the earlier checkpoints intact."""
+        state = self.state_dict()  # collective: every rank's RNG states
+        model_state = self.dist.full_state_dict(self.model)
+        path, error = None, None
+        if self.dist.is_main:
+            try:
+                path = ckpt.write_checkpoint(self.out, self.step, lambda d: self.write_files(
+                    d, state, model_state), self.cfg.train.keep_checkpoints)
+            except OSError as err:
+                error = (f"cannot write the checkpoint of step {self.step} in "
+                         f"{self.out / ckpt.CKPT_DIR}: {err}; the earlier checkpoints are intact")
+        path, error = self.dist.broadcast((path, error))
+        if error:
+            raise TrainingError(error)
         return path
 
+    def write_files(self, directory: Path, state: dict, model_state: dict) -> None:
+        """The files of one checkpoint: HF model and tokenizer, ibtpo.json, trainer state."""
+        extra = {"config": self.cfg.to_dict(), "step": self.step, **self.task.settings()}
+        ckpt.write_model_files(self.dist.unwrap(self.model), self.policy.tokenizer, directory,
+                               extra, model_state)
+        ckpt.save_state(state, directory / ckpt.STATE_FILE)
+
     def state_dict(self) -> dict:
-        return {"step": self.step, "generated_tokens": self.generated_tokens,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "python_rng": self.rng.getstate(),
-                "problem_rng": self.problem_rng.getstate(),
-                "torch_generator": self.generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+        """Everything but the weights, as plain data (every rank's RNG states gathered)."""
+        task_state = getattr(self.task, "state_dict", None)
+        return {"format": ckpt.STATE_FORMAT, "step": self.step,
+                "generated_tokens": self.generated_tokens,
+                "nonfinite_streak": self.nonfinite_streak,
+                "optimizer": self.dist.optimizer_state_dict(self.model, self.optimizer),
+                "scheduler": self.scheduler.state_dict(), "world_size": self.dist.world,
+                "rng": self.dist.gather(ckpt.capture_rngs(self)),
+                "task": task_state() if task_state else None, "config": self.cfg.to_dict()}
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore weights and trainer state from ``path`` (the reference stays the init model)."""
-        path = Path(path)
-        state_file = path / STATE_FILE
-        if not state_file.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path} (expected {STATE_FILE})")
-        from transformers import AutoModelForCausalLM
+    def find_resume_checkpoint(self, resume: bool) -> Path | None:
+        """The checkpoint to resume from (ValueError when there is none), or None for a fresh
+        run, which may not start in an out_dir that holds an earlier run's checkpoints."""
+        found = ckpt.latest_checkpoint(self.out)
+        if resume and found is None:
+            raise ValueError(f"--resume: no checkpoint in {self.out / ckpt.CKPT_DIR} (expected "
+                             f"step-N directories and a '{ckpt.LATEST}' link)")
+        if not resume and found is not None:
+            raise ValueError(f"train.out_dir={str(self.out)!r} holds the checkpoints of an earlier "
+                             f"run ({found.name}); pass --resume to continue it, or choose another "
+                             "out_dir")
+        return found
 
-        loaded = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-        self.model.load_state_dict(loaded.state_dict())
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    def load_weights(self, path: Path) -> dict:
+        """Read and check the trainer state at ``path``, then load the model weights (before the
+        model is wrapped); the reference model stays the init model."""
+        state = ckpt.load_state(path / ckpt.STATE_FILE)
+        if state["world_size"] != self.dist.world:
+            raise ValueError(f"{path}: written by {state['world_size']} process(es); resume it "
+                             f"with as many (this run has {self.dist.world}) for an exact resume")
+        ckpt.load_model_weights(self.model, path, self.cfg.model.trust_remote_code)
+        return state
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        """Restore counters, optimizer, scheduler, task position and every RNG state."""
+        where = str(path / ckpt.STATE_FILE)
+        try:
+            self.dist.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+            raise ValueError(f"{where}: optimizer or scheduler state does not fit this model and "
+                             f"config ({type(err).__name__}: {str(err)[:200]})") from None
         self.step, self.generated_tokens = state["step"], state["generated_tokens"]
-        self.rng.setstate(state["python_rng"])
-        self.problem_rng.setstate(state["problem_rng"])
-        self.generator.set_state(state["torch_generator"])
-        torch.set_rng_state(state["torch_rng"])
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        if state.get("task") is not None and hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(state["task"])
+        ckpt.restore_rngs(self, state["rng"][self.dist.rank], where)
+
+    def open_logger(self) -> MetricsLogger | None:
+        """The metrics log of rank 0; on resume, rows after the checkpoint's step are dropped
+        (they are logged again when those steps are redone)."""
+        if not self.dist.is_main:
+            return _NullLogger()
+        ckpt.truncate_log(self.out / "metrics.jsonl", self.step if self.step else -1)
+        return MetricsLogger(self.out, tensorboard=self.cfg.train.tensorboard,
+                             purge_step=self.step + 1 if self.step else 0)
 
 
 def _agg_count(response_mask: torch.Tensor, agg_mode: str) -> torch.Tensor:
@@ -234,6 +351,16 @@ def _agg_count(response_mask: torch.Tensor, agg_mode: str) -> torch.Tensor:
     if agg_mode == "seq-mean-token-mean":
         return (response_mask.sum(-1) > 0).sum()
     return torch.tensor(response_mask.shape[0])
+
+
+class _NullLogger:
+    """The metrics log of ranks other than 0: writes nothing."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _frozen_copy(model):

@@ -1,0 +1,89 @@
+"""Faults a long run survives: stop signals, non-finite steps, reward functions that raise.
+
+- `StopSignals`: while training, SIGINT and SIGTERM only ask the loop to stop; it finishes the
+  current step, writes a final checkpoint and returns (the CLI then exits with 128 + signal
+  number). A second SIGINT interrupts at once (KeyboardInterrupt, no checkpoint).
+- Non-finite steps: a NaN or infinite loss or gradient norm skips the optimizer step (weights,
+  optimizer state and learning-rate schedule untouched); the trainer counts such steps in a row
+  and raises `TrainingError` when the count reaches [`train.max_nonfinite_steps`] (0 = never).
+- `GuardedReward`: a reward function that raises is retried one completion at a time to find the
+  prompts it fails on; [`task.reward_errors`] = "unscorable" logs each such prompt with the error
+  and scores its trajectory None (counted in rollout/unscorable and rollout/reward_errors);
+  "stop" raises `TrainingError` naming the prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger("ibtpo")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (the CLI prints the message and exits with status 1)."""
+
+
+class StopSignals:
+    """Context manager: SIGINT / SIGTERM set `self.signum` instead of killing the process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.signum = signum
+        log.warning("ibtpo: %s received: finishing this step, then writing a checkpoint "
+                    "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def nonfinite_message(step: int, streak: int, limit: int, norm: float) -> str:
+    stop = f"the run stops after {limit} in a row" if limit else "the run never stops for this"
+    return (f"step {step}: non-finite loss or gradient (grad norm {norm}); step skipped, weights "
+            f"and optimizer unchanged ({streak} in a row; {stop}: train.max_nonfinite_steps)")
+
+
+class GuardedReward:
+    """A reward function in TRL's shape that never lets an exception through silently."""
+
+    def __init__(self, fn, on_error: str, name: str):
+        self.fn, self.on_error, self.name = fn, on_error, name
+        self.errors = 0  # completions whose scoring raised, since the last `take_errors`
+
+    def __call__(self, prompts, completions, **columns):
+        try:
+            return self.fn(prompts, completions, **columns)
+        except Exception:  # find which items fail, one at a time
+            return [self._one(i, prompts, completions, columns) for i in range(len(completions))]
+
+    def _one(self, i: int, prompts, completions, columns):
+        try:
+            one = {k: [v[i]] for k, v in columns.items()}
+            return list(self.fn([prompts[i]], [completions[i]], **one))[0]
+        except Exception as err:
+            what = (f"reward function {self.name!r} raised {type(err).__name__}: {err} on prompt "
+                    f"{str(prompts[i])[:200]!r}, completion {str(completions[i])[:200]!r}")
+            if self.on_error == "stop":
+                raise TrainingError(f"{what} (task.reward_errors=stop)") from err
+            self.errors += 1
+            log.warning("%s: scored as unscorable (task.reward_errors=unscorable)", what)
+            return None
+
+    def take_errors(self) -> int:
+        """Errors since the last call, and reset the count."""
+        n, self.errors = self.errors, 0
+        return n
