@@ -44,3 +44,50 @@ def warm_checkpoint(tmp_path_factory):
         "eval.size=30", "eval.k=1"])
     run_sft(cfg, progress=False)
     return out
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+          "message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2
+
+
+def build_bpe_chat_tokenizer():
+    """A byte-level BPE tokenizer trained in code on arithmetic text, with a ChatML template:
+    EOS = <|im_end|> (end of turn), pad = <|endoftext|>, no BOS (as Qwen / SmolLM2 chat models)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    corpus = [f"{a}+{b}={a + b}\n\nThe answer is {a + b}." for a in range(30) for b in range(30)]
+    core.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=CHAT_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", chat_template=CHATML)
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory):
+    """A saved tiny Llama with the BPE chat tokenizer: what a user's instruct model looks like.
+
+    config.eos_token_id = <|im_end|>; generation_config.eos_token_id = [<|im_end|>,
+    <|endoftext|>] (two stop ids, as Qwen2.5-Instruct declares)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_bpe_chat_tokenizer()
+    im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, eos_token_id=im_end, pad_token_id=eot,
+                         bos_token_id=None, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=eot)
+    out = tmp_path_factory.mktemp("chat") / "model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 from ibtpo.data import load_task
-from ibtpo.data.rewards import get_reward_fn
-from ibtpo.models import encode_prompt, load_model, read_extra
+from ibtpo.data.rewards import load_reward_fn
+from ibtpo.models import encode_prompt, load_model, prompt_encoder, read_extra, stop_token_ids
 from ibtpo.rollout.engine import Engine, SamplingParams
 from ibtpo.seeding import EVAL_SAMPLING, stream_generator
 
@@ -34,9 +34,12 @@ def decode_completion(tokenizer, token_ids: list[int]) -> str:
 
 
 def generate_and_score(engine, tokenizer, problems, reward_fn, repeat: int, max_new_tokens: int,
-                       sampling: SamplingParams, generator=None) -> tuple[list, list]:
-    """`repeat` completions per problem (problem-major order): (rewards, samples)."""
-    prefixes = [encode_prompt(tokenizer, p.prompt) for p in problems for _ in range(repeat)]
+                       sampling: SamplingParams, generator=None, encode=None) -> tuple[list, list]:
+    """`repeat` completions per problem (problem-major order): (rewards, samples).
+
+    `encode(text) -> ids` turns a prompt into tokens (default: `encode_prompt`, no template)."""
+    encode = encode or (lambda text: encode_prompt(tokenizer, text))
+    prefixes = [encode(p.prompt) for p in problems for _ in range(repeat)]
     samples = engine.generate(prefixes, max_new_tokens, sampling, generator)
     completions = [decode_completion(tokenizer, s.token_ids) for s in samples]
     prompts = [p.prompt for p in problems for _ in range(repeat)]
@@ -64,8 +67,12 @@ def group_figures(problems, greedy: list, sampled: list | None, k: int) -> dict:
 
 
 def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: float = 1.0,
-             max_new_tokens: int = 64, batch_size: int = 256, seed: int = 0) -> dict:
+             max_new_tokens: int = 64, batch_size: int = 256, seed: int = 0,
+             encode=None) -> dict:
     """Greedy pass@1 and sampled avg@k of `model` on `problems` (see the module docstring).
+
+    `encode(text) -> ids` builds the prompts (e.g. `ibtpo.models.prompt_encoder` with the chat
+    template); generation stops at every stop id of the tokenizer and model.
 
     Returns {"pass@1", "avg@k" (when k > 0), "by_terms": {n: {"pass@1", "avg@k", "count"}},
     "unscorable", "count", "truncated" (share of greedy completions that hit the length limit),
@@ -73,15 +80,18 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     """
     if not problems:
         raise ValueError("evaluate: expected at least one problem, got none")
-    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=batch_size)
+    engine = Engine(model, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
+                    batch_size=batch_size)
     greedy, samples = generate_and_score(engine, tokenizer, problems, reward_fn, 1,
-                                         max_new_tokens, SamplingParams(temperature=0.0))
+                                         max_new_tokens, SamplingParams(temperature=0.0),
+                                         encode=encode)
     sampled = None
     if k > 0:
         device = next(model.parameters()).device
         generator = stream_generator(seed, EVAL_SAMPLING, device)
         sampled, _ = generate_and_score(engine, tokenizer, problems, reward_fn, k, max_new_tokens,
-                                        SamplingParams(temperature=temperature), generator)
+                                        SamplingParams(temperature=temperature), generator,
+                                        encode=encode)
     result = {"pass@1": mean_reward(greedy), "count": len(problems),
               "by_terms": group_figures(problems, greedy, sampled, k),
               "unscorable": sum(r is None for r in greedy),
@@ -134,11 +144,12 @@ def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
     for line in task_mismatch(cfg, model_dir):
         print(f"warning: {line}")
     model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype)
+    encode = prompt_encoder(tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
     result = evaluate(model, tokenizer, held_out(load_task(cfg.task), cfg.eval.size),
-                      get_reward_fn(cfg.task.reward), k=cfg.eval.k,
+                      load_reward_fn(cfg.task.reward, cfg.task.reward_weights), k=cfg.eval.k,
                       temperature=cfg.eval.temperature,
                       max_new_tokens=cfg.sampling.max_new_tokens,
-                      batch_size=cfg.eval.batch_size, seed=cfg.eval.seed)
+                      batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, encode=encode)
     result["model"] = str(model_dir)
     Console().print(format_table(result, cfg.eval.k, f"held-out evaluation of {model_dir}"))
     if out_json:

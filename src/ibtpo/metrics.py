@@ -92,6 +92,8 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/branches": "continuations sampled in the branching rounds (after round 1)",
     "time/generate_s": "seconds spent in engine.generate this step",
     "time/reward_s": "seconds spent in the reward function this step",
+    "reward/NAME": "mean of reward function NAME over the trajectories it scored (several rewards)",
+    "reward/NAME/none": "trajectories reward function NAME returned None for (several rewards)",
 }
 
 

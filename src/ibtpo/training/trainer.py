@@ -4,8 +4,12 @@ Shapes: ``P`` prompts per step (``train.prompts_per_step``), ``G`` trajectories 
 ``N`` sequences in a batch (one per trajectory), ``T`` tokens (prompt + response, right-padded).
 
 The trainer owns the policy, the frozen reference (only loaded when ``loss.beta_kl > 0`` or A_IB
-uses the reference policy's step probabilities, ``advantage.ib_prob = "ref"``), the
-optimizer, the step counter and the RNG streams; everything else is a named call into the core.
+uses the reference policy's step probabilities, ``advantage.ib_prob = "ref"``; with LoRA,
+``lora.r > 0``, the same model with its adapters disabled), the optimizer (over the parameters
+that train: the adapters only with LoRA), the step counter and the RNG streams; everything else is
+a named call into the core. With ``train.recompute_old_logprobs`` the old log-probs of the batch
+are recomputed with the training forward before the update (the trees keep the sampler's, which
+the advantages and IB-Scores use).
 Checkpoints (``{train.out_dir}/checkpoint``) hold the HF model and tokenizer, the optimizer, the RNG
 states, the step, the generated-token count and the config; they are written atomically.
 """
@@ -31,6 +35,7 @@ from ibtpo.rollout.policy import Policy
 from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
 from ibtpo.training.batch import Batch, from_trees
 from ibtpo.training.logprobs import sequence_logprobs
+from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
 from ibtpo.training.reference import fill_ref_logprobs
 
 STATE_FILE = "trainer_state.pt"
@@ -41,21 +46,26 @@ STATE_FILE = "trainer_state.pt"
 class Trainer:
     """IB-TPO / GRPO / tree baselines, chosen by config (``rollout.scorer``, ``advantage.estimator``)."""
 
-    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True, task=None,
+                 reward_funcs=None):
+        """``task`` (an object with ``train_batch`` / ``eval_set``) and ``reward_funcs`` (TRL-shaped
+        functions) replace ``task.name`` and ``task.reward`` when given (the Python API)."""
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.train.out_dir)
         torch.manual_seed(cfg.train.seed)
-        self.policy = Policy(cfg, cfg.train.init)
+        self.policy = Policy(cfg, cfg.train.init, reward_funcs)
+        if cfg.lora.r > 0:
+            self.policy.replace_model(add_adapters(self.policy.model, cfg.lora))
         self.model = self.policy.model
         needs_ref = cfg.loss.beta_kl > 0 or (cfg.advantage.estimator == "ibtpo"
                                              and cfg.advantage.ib_prob == "ref")
-        self.ref_model = _frozen_copy(self.model) if needs_ref else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
+        self.ref_model = _reference(self.model) if needs_ref else None
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         warmup = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
-        self.task = load_task(cfg.task)
+        self.task = task if task is not None else load_task(cfg.task)
         self.eval_problems = self.task.eval_set()[: cfg.eval.size]
         self.estimator = get_estimator(cfg.advantage.estimator)
         a = cfg.advantage
@@ -83,7 +93,10 @@ class Trainer:
         advantages, adv_metrics = self.estimator(trees, self.adv_params)
         batch = from_trees(trees, advantages, self.policy.tokenizer.pad_token_id)
         t1 = time.perf_counter()
-        loss_metrics = self.update(batch.to(self.policy.device))
+        batch = batch.to(self.policy.device)
+        if self.cfg.train.recompute_old_logprobs:
+            batch = self.recompute_old_logprobs(batch)
+        loss_metrics = self.update(batch)
         t2 = time.perf_counter()
         self.step += 1
         self.generated_tokens += int(rollout_metrics["rollout/generated_tokens"])
@@ -92,6 +105,19 @@ class Trainer:
                 **adv_metrics, **loss_metrics, "train/step": self.step,
                 "train/generated_tokens": self.generated_tokens, "train/lr": self.scheduler.get_last_lr()[0],
                 "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/step_s": t2 - t0}
+
+    @torch.no_grad()
+    def recompute_old_logprobs(self, batch: Batch) -> Batch:
+        """The batch with its old log-probs from the training forward (micro-batch by micro-batch,
+        as the update runs it), so the first ratio is 1 up to the kernels' determinism."""
+        self.model.eval()
+        size, temp, parts = self.cfg.train.micro_batch_size, self.cfg.sampling.temperature, []
+        for i in range(0, len(batch), size):
+            mb = batch.slice(i, min(i + size, len(batch)))
+            logprobs, _ = sequence_logprobs(self.model, mb.input_ids, mb.attention_mask, temp,
+                                            entropy=None)
+            parts.append(logprobs * mb.response_mask)  # (n, T): 0 on prompt and padding
+        return dataclasses.replace(batch, old_logprobs=torch.cat(parts))
 
     def update(self, batch: Batch) -> dict:
         """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches."""
@@ -193,8 +219,16 @@ class Trainer:
             state_file = Path(tmp) / STATE_FILE
             torch.save(self.state_dict(), state_file)
             save_checkpoint(self.model, self.policy.tokenizer, path,
-                            {"config": self.cfg.to_dict(), "step": self.step}, files=[state_file])
+                            {"config": self.cfg.to_dict(), "step": self.step,
+                             "base_model": self.cfg.train.init}, files=[state_file])
         return path
+
+    def export(self, out_dir: str | Path) -> Path:
+        """The current policy as a plain HF checkpoint (LoRA merged) in ``out_dir``."""
+        from ibtpo.export import export_model
+
+        return export_model(self.model, self.policy.tokenizer, out_dir,
+                            {"step": self.step, "base_model": self.cfg.train.init})
 
     def state_dict(self) -> dict:
         return {"step": self.step, "generated_tokens": self.generated_tokens,
@@ -210,10 +244,13 @@ class Trainer:
         state_file = path / STATE_FILE
         if not state_file.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {path} (expected {STATE_FILE})")
-        from transformers import AutoModelForCausalLM
+        if is_lora(self.model):
+            load_adapter_weights(self.model, path)
+        else:
+            from transformers import AutoModelForCausalLM
 
-        loaded = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-        self.model.load_state_dict(loaded.state_dict())
+            loaded = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+            self.model.load_state_dict(loaded.state_dict())
         state = torch.load(state_file, map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -233,7 +270,10 @@ def _agg_count(response_mask: torch.Tensor, agg_mode: str) -> torch.Tensor:
     return torch.tensor(response_mask.shape[0])
 
 
-def _frozen_copy(model):
+def _reference(model):
+    """The reference policy: the base model with the adapters off (LoRA), else a frozen copy."""
+    if is_lora(model):
+        return AdaptersDisabled(model)
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
