@@ -22,7 +22,8 @@ def test_ten_line_api_trains_a_users_model_on_rows_with_a_reward_function(chat_c
                                            "train.prompts_per_step": 2, "task.eval_size": 2,
                                            "eval.size": 2, "eval.k": 1,
                                            "sampling.max_new_tokens": 8,
-                                           "train.out_dir": str(tmp_path), "train.tensorboard": False})
+                                           "train.out_dir": str(tmp_path),
+                                           "train.tensorboard": False})
     trainer.train()
     assert trainer.step == 1 and trainer.cfg.rollout.scorer == "independent"
     assert seen["columns"] == {"level"} and seen["prompts"][0].endswith("=?")

@@ -55,7 +55,8 @@ def test_only_the_adapters_train(trained):
 def test_reference_is_the_base_model_without_a_copy(trained, chat_checkpoint):
     trainer, _ = trained
     base, _ = load_model(str(chat_checkpoint))
-    assert isinstance(trainer.ref_model, AdaptersDisabled) and trainer.ref_model.model is trainer.model
+    assert isinstance(trainer.ref_model, AdaptersDisabled)
+    assert trainer.ref_model.model is trainer.model  # no second copy of the weights
     torch.testing.assert_close(logits(trainer.ref_model), logits(base), atol=1e-6, rtol=0)
     assert (logits(trainer.model) - logits(base)).abs().max() > 1e-3  # the adapters act
 
@@ -63,7 +64,8 @@ def test_reference_is_the_base_model_without_a_copy(trained, chat_checkpoint):
 def test_adapters_are_saved_resumed_and_merged_on_export(trained, tmp_path):
     trainer, _ = trained
     ckpt = trainer.save_checkpoint()
-    assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
+    assert (ckpt / "adapter_model.safetensors").is_file()
+    assert not (ckpt / "model.safetensors").exists()
     want = logits(trainer.model)
     reloaded, _ = load_model(str(ckpt))  # base model + saved adapters
     torch.testing.assert_close(logits(reloaded), want, atol=1e-6, rtol=0)

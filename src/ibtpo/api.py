@@ -14,14 +14,15 @@
 `dataset` is what `task.name` takes (a .jsonl / .parquet path, "hf:NAME[:SPLIT]", "rg:TASK",
 "arithmetic"), or the rows themselves: a list of dicts or a `datasets.Dataset` with the columns
 `task.prompt_column` and `task.answer_column` (default "prompt", "answer"). `reward_funcs` is one
-function or a list (weights `task.reward_weights`); without it `task.reward` is used. `settings`
-overrides config fields exactly as `--set` does.
+function or a list, combined with `reward_weights` (default equal); without it `task.reward` is
+used. `settings` overrides config fields exactly as `--set` does.
 """
 
 from __future__ import annotations
 
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.data import load_task
+from ibtpo.data.rewards import RewardSet
 from ibtpo.training.trainer import Trainer
 
 
@@ -33,9 +34,14 @@ def setting_text(key: str, value) -> str:
 
 
 def make_trainer(model: str, dataset=None, reward_funcs=None, config: str | list[str] = "ibtpo",
-                 settings: dict | None = None, progress: bool = True) -> Trainer:
+                 settings: dict | None = None, progress: bool = True,
+                 reward_weights: list[float] | None = None) -> Trainer:
     """A `Trainer` for `model` (a path, .gguf file, preset or hub name) on `dataset` with
-    `reward_funcs`, from the built-in or YAML `config`(s) and `settings` overrides."""
+    `reward_funcs` (and `reward_weights`), from the built-in or YAML `config`(s) and `settings`
+    overrides."""
+    if reward_funcs is not None and reward_weights:
+        fns = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        reward_funcs = RewardSet([(f.__name__, f) for f in fns], reward_weights)
     configs = [config] if isinstance(config, str) else list(config)
     overrides = [f"train.init={model}"]
     if isinstance(dataset, str):

@@ -66,8 +66,8 @@ class TaskConfig:
                            "a list of chat messages gives its last user message)")
     answer_column: str = F("answer", "dataset column of the reference answer (a.b as above)")
     subset: str = F("", "Hugging Face dataset configuration, e.g. 'main' for openai/gsm8k")
-    prompt_template: str = F("", "str.format template of the prompt over the row's columns, "
-                             "{prompt} = the prompt column ('' = the prompt as it is)")
+    prompt_template: str = F("", "datasets: str.format template of the prompt over the row's "
+                             "columns, {prompt} = the prompt column ('' = the prompt as it is)")
     max_bad_fraction: float = F(0.01, "share of unusable dataset rows that stops the run (each "
                                 "skipped row is reported with its line or index)", min=0.0, max=1.0)
     size: int = F(2000, "problems generated for a reasoning-gym task (held-out ones included)",

@@ -177,7 +177,8 @@ def load_gguf(file: Path, dtype: torch.dtype) -> tuple:
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise ValueError(f"loading {file} needs the gguf package: pip install 'ibtpo[gguf]'") from None
+        raise ValueError(f"loading {file} needs the gguf package: "
+                         "pip install 'ibtpo[gguf]'") from None
     tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
     with quiet_hf_progress():
         model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)

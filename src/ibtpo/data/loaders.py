@@ -214,7 +214,8 @@ def load_reasoning_gym(spec: str, cfg: TaskConfig) -> Loaded:
     try:
         data = reasoning_gym.create_dataset(name, size=cfg.size, seed=cfg.seed)
     except Exception as err:  # an unknown name raises its own error type
-        raise ValueError(f"task.name={spec!r}: reasoning-gym cannot create {name!r} ({err})") from None
+        raise ValueError(f"task.name={spec!r}: reasoning-gym cannot create {name!r} "
+                         f"({err})") from None
     rows = [{"prompt": e["question"], "answer": e["answer"], "rg_entry": e} for e in data]
     rg_cfg = TaskConfig(**{**asdict(cfg), "prompt_column": "prompt", "answer_column": "answer"})
     return load_rows(rows, spec, rg_cfg)
@@ -229,8 +230,8 @@ def check_bad_rows(loaded: Loaded, max_fraction: float) -> None:
     listing = shown + (f"\n  ... and {more} more" if more > 0 else "")
     share = len(loaded.bad) / loaded.total
     if share > max_fraction:
-        raise ValueError(f"{loaded.source}: {len(loaded.bad)} of {loaded.total} rows cannot be used "
-                         f"({share:.1%}, more than task.max_bad_fraction={max_fraction:g}):\n"
+        raise ValueError(f"{loaded.source}: {len(loaded.bad)} of {loaded.total} rows cannot be "
+                         f"used ({share:.1%}, more than task.max_bad_fraction={max_fraction:g}):\n"
                          f"{listing}")
     print(f"warning: {loaded.source}: skipped {len(loaded.bad)} of {loaded.total} rows that "
           f"cannot be used:\n{listing}", file=sys.stderr)

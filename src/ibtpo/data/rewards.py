@@ -164,8 +164,8 @@ def gsm8k_reward(prompts, completions, answer=None, **_) -> list[float | None]:
 def reasoning_gym_reward(prompts, completions, rg_entry=None, **_) -> list[float | None]:
     """A reasoning-gym task's own `score_answer` on the <answer> of each completion."""
     if rg_entry is None or len(rg_entry) != len(completions):
-        raise ValueError("reward 'reasoning_gym': expected a column 'rg_entry' (one per completion);"
-                         " it comes with the rg:TASK datasets")
+        raise ValueError("reward 'reasoning_gym': expected a column 'rg_entry' (one per "
+                         "completion); it comes with the rg:TASK datasets")
     try:
         import reasoning_gym
         from reasoning_gym.utils import extract_answer

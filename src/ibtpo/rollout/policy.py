@@ -33,12 +33,14 @@ def sampling_params(cfg: Config) -> SamplingParams:
 
 
 def reward_set(cfg: Config, reward_funcs=None) -> RewardSet:
-    """The reward of `task.reward` (with `task.reward_weights`), or the given function(s)."""
+    """The reward of `task.reward` (with `task.reward_weights`), or the given function(s): a
+    `RewardSet`, one function, or a list of functions (equal weights)."""
     if reward_funcs is None:
         return load_reward_fn(cfg.task.reward, cfg.task.reward_weights)
+    if isinstance(reward_funcs, RewardSet):
+        return reward_funcs
     fns = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-    return RewardSet([(getattr(f, "__name__", f"reward{i}"), f) for i, f in enumerate(fns)],
-                     cfg.task.reward_weights or None)
+    return RewardSet([(getattr(f, "__name__", f"reward{i}"), f) for i, f in enumerate(fns)])
 
 
 class Policy:
