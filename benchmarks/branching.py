@@ -22,7 +22,6 @@ import argparse
 import time
 
 from common import RESULTS, warmup, write_section
-
 from ibtpo.config import load_config
 from ibtpo.core.ib_score import node_ib_scores
 from ibtpo.core.tree import leaf_reward

@@ -18,10 +18,9 @@ import argparse
 import time
 
 from common import RESULTS, write_section
-from methods import BUDGET, QUICK_BUDGET, run
-
 from ibtpo.compare import band, plot_curves
 from ibtpo.stats import fmt_ci, mean_ci
+from methods import BUDGET, QUICK_BUDGET, run
 
 CONFIGS = ("grpo", "grpo_clip_higher", "grpo_entropy", "ibtpo")
 FIGURES = {  # file -> (what it reproduces, metrics)

@@ -19,7 +19,6 @@ import argparse
 import time
 
 from common import RESULTS, ROOT, warmup, write_section
-
 from ibtpo.compare import run_compare
 from ibtpo.config import resolve_config_path
 from ibtpo.stats import paired_ci

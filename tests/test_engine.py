@@ -251,3 +251,22 @@ def test_dropping_stopped_rows_does_not_change_samples(model):
         assert [s.stop_reason for s in other] == [s.stop_reason for s in outs[0]]
         for a, b in zip(other, outs[0]):
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_any_of_several_stop_ids_ends_a_row(model):
+    """Chat models end a turn with one of several ids (<|im_end|>, <|endoftext|>): each counts."""
+    greedy = SamplingParams(temperature=0)
+    free = Engine(model, NO_EOS, PAD).generate(PREFIXES, 8, greedy)  # no stop: 8 tokens each
+    stops = {free[0].token_ids[2], free[2].token_ids[4]}
+    assert len(stops) == 2  # two distinct ids, each the first stop of its row (checked below)
+    out = Engine(model, sorted(stops), PAD).generate(PREFIXES, 8, greedy)
+    ends = []
+    for f, o in zip(free, out):
+        first = next((i for i, t in enumerate(f.token_ids) if t in stops), None)
+        cut = f.token_ids if first is None else f.token_ids[:first + 1]
+        assert o.token_ids == cut and o.stop_reason == ("length" if first is None else "eos")
+        assert o.logprobs == pytest.approx(f.logprobs[:len(cut)], abs=1e-5)
+        ends.append(o.token_ids[-1] if first is not None else None)
+    assert stops <= set(ends)  # both ids ended some row
+    with pytest.raises(ValueError, match="stop_ids"):
+        Engine(model, [], PAD)

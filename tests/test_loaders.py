@@ -1,16 +1,18 @@
-"""Dataset loaders: JSONL rows, seeded disjoint splits, errors naming file, line and field."""
+"""Dataset loaders: JSONL / Parquet / HF datasets / reasoning-gym rows, column mapping, prompt
+template, seeded disjoint splits, bad rows reported with file, line (or index) and reason."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import random
+import re
 
 import pytest
 
 from ibtpo.config import TaskConfig
 from ibtpo.data import ArithmeticTask, DatasetTask, load_task
-from ibtpo.data.loaders import load_jsonl
+from ibtpo.data.loaders import load_hf, load_jsonl, load_parquet
 
 
 def write_jsonl(path, rows):
@@ -25,7 +27,7 @@ def rows(n):
 
 def test_jsonl_rows_become_problems_with_extra_columns(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", rows(3)[:2] + ["", rows(3)[2]])  # blank line skipped
-    problems = load_jsonl(path)
+    problems = load_jsonl(path).problems
     assert [p.answer for p in problems] == ["1", "2", "3"]  # numbers are kept as text
     assert problems[0].meta == {"source": "unit"} and problems[0].solution == "answer: 1"
     assert problems[0].columns() == {"answer": "1", "source": "unit"}
@@ -56,12 +58,15 @@ def test_file_split_is_seeded_and_disjoint(tmp_path):
     ('{"prompt": "", "answer": "2"}', "d.jsonl:2: field 'prompt': expected a non-empty string"),
     ('{"prompt": "1+1=?", "answer": null}', "d.jsonl:2: field 'answer'"),
     ('{"prompt": "1+1=?", "answer": "2", "n_terms": "two"}', "d.jsonl:2: field 'n_terms'"),
-    ('["1+1=?", "2"]', "d.jsonl:2: expected a JSON object"),
+    ('["1+1=?", "2"]', "d.jsonl:2: expected an object with fields 'prompt' and 'answer'"),
 ])
 def test_bad_rows_name_the_file_line_and_field(tmp_path, bad_line, message):
     path = write_jsonl(tmp_path / "d.jsonl", [rows(1)[0], bad_line])
-    with pytest.raises(ValueError, match=message):
-        load_jsonl(path)
+    loaded = load_jsonl(path)
+    assert len(loaded.problems) == 1 and len(loaded.bad) == 1
+    assert re.match(message, loaded.bad[0].removeprefix(str(tmp_path) + "/")), loaded.bad
+    with pytest.raises(ValueError, match=message):  # 1 bad row of 2 > max_bad_fraction 0.01
+        load_task(TaskConfig(name=str(path), eval_size=1))
 
 
 def test_bad_task_names_and_sizes(tmp_path):
@@ -89,3 +94,95 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path):
 def test_hf_dataset_without_datasets_names_the_extra():
     with pytest.raises(ImportError, match=r"ibtpo\[data\]"):
         load_task(TaskConfig(name="hf:openai/gsm8k:train"))
+
+
+def test_a_small_share_of_bad_rows_is_skipped_and_reported(tmp_path, capsys):
+    good = rows(30)
+    bad = ['{"prompt": "x"}', "not json"]  # 2 bad of 32 rows = 6.25%
+    path = write_jsonl(tmp_path / "d.jsonl", good[:10] + bad + good[10:])
+    with pytest.raises(ValueError, match=r"2 of 32 rows cannot be used \(6.2%") as err:
+        load_task(TaskConfig(name=str(path), eval_size=5, max_bad_fraction=0.05))
+    assert "d.jsonl:11: field 'answer' is missing" in str(err.value)
+    assert "d.jsonl:12: not valid JSON" in str(err.value)
+    task = load_task(TaskConfig(name=str(path), eval_size=5, max_bad_fraction=0.1))
+    assert len(task.eval_set()) + len(task._train) == 30
+    report = capsys.readouterr().err
+    assert "skipped 2 of 32 rows" in report and "d.jsonl:11" in report and "d.jsonl:12" in report
+
+
+def test_columns_dotted_paths_chat_messages_and_prompt_template(tmp_path):
+    row = {"question": [{"role": "system", "content": "be brief"},
+                        {"role": "user", "content": "What is 2+2?"}],
+           "reward_model": {"ground_truth": 4}, "level": "easy"}
+    path = write_jsonl(tmp_path / "d.jsonl", [row, {**row, "level": None, "reward_model": {}}])
+    cfg = TaskConfig(prompt_column="question", answer_column="reward_model.ground_truth",
+                     prompt_template="[{level}] {prompt} Answer in \\boxed{{}}.")
+    loaded = load_jsonl(path, cfg)
+    (p,) = loaded.problems
+    assert p.prompt == "[easy] What is 2+2? Answer in \\boxed{}." and p.answer == "4"
+    assert p.meta == {"level": "easy", "reward_model": {"ground_truth": 4}}
+    assert loaded.bad == [f"{path}:2: field 'reward_model.ground_truth' is missing "
+                          "(fields: question, reward_model, level)"]
+    missing = load_jsonl(path, TaskConfig(prompt_column="question", answer_column="level",
+                                          prompt_template="{topic}: {prompt}"))
+    assert [b.split(": ", 1)[1] for b in missing.bad] == [
+        "task.prompt_template names column 'topic' which the row lacks",
+        "field 'level': expected a non-empty string or a number, got None"]
+
+
+def table_rows():
+    """Three good rows and two bad ones (index 1: empty prompt; index 3: no answer)."""
+    return [{"prompt": "1+1=?", "answer": "2"}, {"prompt": "", "answer": "3"},
+            {"prompt": "2+2=?", "answer": "4"}, {"prompt": "3+3=?", "answer": None},
+            {"prompt": "4+4=?", "answer": "8"}]
+
+
+def test_parquet_rows_good_and_malformed(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(table_rows()), path)
+    loaded = load_parquet(path)
+    assert [p.prompt for p in loaded.problems] == ["1+1=?", "2+2=?", "4+4=?"]
+    assert [b.removeprefix(f"{path}: ") for b in loaded.bad] == [
+        "row 1: field 'prompt': expected a non-empty string, got ''",
+        "row 3: field 'answer': expected a non-empty string or a number, got None"]
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match="broken.parquet: not a readable Parquet file"):
+        load_parquet(tmp_path / "broken.parquet")
+
+
+def test_hf_dataset_from_a_local_directory(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(table_rows())}).save_to_disk(saved)
+    loaded = load_hf(f"hf:{saved}:test")
+    assert [p.answer for p in loaded.problems] == ["2", "4", "8"]
+    assert [b.split(": ", 1)[1][:5] for b in loaded.bad] == ["row 1", "row 3"]
+    data_dir = tmp_path / "data_dir"  # a plain folder of data files, read by load_dataset
+    write_jsonl(data_dir.mkdir() or data_dir / "train.jsonl", rows(4))
+    assert len(load_hf(f"hf:{data_dir}").problems) == 4
+    with pytest.raises(ValueError, match="cannot load the dataset"):
+        load_hf(f"hf:{saved}:validation")
+
+
+def test_reasoning_gym_task_is_generated_with_its_own_verifier():
+    pytest.importorskip("reasoning_gym")
+    from ibtpo.data.rewards import load_reward_fn
+
+    cfg = TaskConfig(name="rg:basic_arithmetic", size=12, eval_size=4, seed=1,
+                     reward="reasoning_gym")
+    task, again = load_task(cfg), load_task(cfg)
+    assert task.eval_set() == again.eval_set() and len(task.eval_set()) == 4
+    problems = task.eval_set()
+    reward = load_reward_fn(cfg.reward)
+    columns = {k: [p.columns()[k] for p in problems] for k in ("answer", "rg_entry")}
+    right = [f"so <answer>{p.answer}</answer>" for p in problems]
+    untagged = [f"the answer is {p.answer}" for p in problems]  # the task asks for the tags
+    wrong = ["<answer>seven</answer>"] * 4
+    assert reward([p.prompt for p in problems], right, **columns) == [1.0] * 4
+    assert reward([p.prompt for p in problems], untagged, **columns) == [0.0] * 4
+    assert reward([p.prompt for p in problems], wrong, **columns) == [0.0] * 4
+    with pytest.raises(ValueError, match="rg:no_such_task"):
+        load_task(TaskConfig(name="rg:no_such_task"))

@@ -134,3 +134,24 @@ def test_save_copies_extra_files_from_the_target(tiny_model, char_tokenizer, tmp
 
 def test_attention_implementation_is_the_measured_one(tiny_model):
     assert tiny_model.config._attn_implementation == models.ATTN_IMPLEMENTATION
+
+
+def test_a_saved_bpe_chat_model_loads_by_path_with_its_stop_ids(chat_checkpoint):
+    model, tok = load_model(str(chat_checkpoint))
+    im_end, eot = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert (im_end, eot) == (2, 0) and tok.eos_token_id == im_end and tok.pad_token_id == eot
+    assert models.stop_token_ids(tok, model) == [0, 2]  # generation_config adds <|endoftext|>
+    assert models.stop_token_ids(build_tokenizer()) == [2]  # char tokenizer: its <eos> alone
+
+
+def test_chat_template_is_applied_to_prompts(chat_checkpoint):
+    _, tok = load_model(str(chat_checkpoint))
+    plain = models.prompt_encoder(tok)("1+2=?")
+    assert plain == tok("1+2=?", add_special_tokens=False)["input_ids"]  # no BOS to add
+    chat = models.prompt_encoder(tok, chat_template=True)("1+2=?")
+    want = "<|im_start|>user\n1+2=?<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(chat) == want and chat[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    system = models.prompt_encoder(tok, chat_template=True, system_prompt="Be brief.")("1+2=?")
+    assert tok.decode(system) == "<|im_start|>system\nBe brief.<|im_end|>\n" + want
+    with pytest.raises(ValueError, match="tokenizer has no chat template"):
+        models.prompt_encoder(build_tokenizer(), chat_template=True)

@@ -1,15 +1,18 @@
-"""Reward functions: TRL shape, the three verifiers, the registry."""
+"""Reward functions: TRL shape, the verifiers, the registry, user functions, weighted sets."""
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 
-from ibtpo.data.rewards import REWARDS, get_reward_fn
+from ibtpo.data.rewards import REWARDS, RewardSet, get_reward_fn, load_reward_fn
 
 
 def test_registry_names_and_bad_name():
-    assert set(REWARDS) == {"arithmetic", "numeric", "math_verify"}
-    with pytest.raises(ValueError, match="arithmetic, numeric, math_verify"):
+    assert set(REWARDS) == {"arithmetic", "numeric", "gsm8k", "math_verify", "reasoning_gym"}
+    with pytest.raises(ValueError, match="arithmetic, numeric, gsm8k, math_verify, reasoning_gym"):
         get_reward_fn("exact")
 
 
@@ -45,12 +48,87 @@ def test_numeric_reward(completion, answer, reward):
     assert get_reward_fn("numeric")(["q"], [completion], answer=[answer]) == [reward]
 
 
-@pytest.mark.parametrize("completion, answer, reward", [
+MATH_TABLE = [  # (completion, reference, reward)
     ("the answer is $\\frac{1}{2}$", "1/2", 1.0),
     ("so x = 0.5", "\\frac12", 1.0),          # bare LaTeX reference
+    ("Hence $\\boxed{\\dfrac{3}{4}}$.", "0.75", 1.0),
+    ("We get $\\boxed{2\\sqrt{2}}$", "\\sqrt{8}", 1.0),
+    ("The result is $x = 3$, i.e. \\boxed{3}", "$3$", 1.0),
+    ("so $\\boxed{(1, 2)}$", "(1,2)", 1.0),
     ("the answer is $3$", "4", 0.0),
+    ("Hence $\\boxed{\\frac{3}{5}}$.", "0.75", 0.0),
+    ("We get $\\boxed{2\\sqrt{3}}$", "\\sqrt{8}", 0.0),
+    ("no answer at all", "7", 0.0),
     ("the answer is $3$", "", None),          # nothing to parse in the reference
-])
+]
+
+
+@pytest.mark.parametrize("completion, answer, reward", MATH_TABLE)
 def test_math_verify_reward(completion, answer, reward):
     pytest.importorskip("math_verify")
     assert get_reward_fn("math_verify")(["q"], [completion], answer=[answer]) == [reward]
+
+
+def test_math_verify_works_outside_the_main_thread():
+    """math-verify's timeouts use SIGALRM, which raises outside the main thread."""
+    pytest.importorskip("math_verify")
+    completions, answers, want = zip(*MATH_TABLE)
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("r", get_reward_fn("math_verify")(
+        ["q"] * len(answers), list(completions), answer=list(answers))))
+    worker.start()
+    worker.join()
+    assert out["r"] == list(want)
+
+
+@pytest.mark.parametrize("completion, answer, reward", [
+    ("48/2 = 24 clips in May.\n#### 72", "Natalia sold 48/2 = 24 clips in May.\n#### 72", 1.0),
+    ("So she earned $1,250.00 in total.", "#### 1250", 1.0),   # no '####': the last number
+    ("#### 72\nthen I add 3 to get 75", "72", 1.0),              # the '####' answer counts
+    ("the total is 71", "#### 72", 0.0),
+    ("I don't know", "#### 72", 0.0),
+    ("#### 72", "#### seventy-two", None),                      # unusable reference
+])
+def test_gsm8k_reward(completion, answer, reward):
+    assert get_reward_fn("gsm8k")(["q"], [completion], answer=[answer]) == [reward]
+
+
+def test_user_reward_from_module_or_file(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def shorter(prompts, completions, **kw):\n"
+        "    return [1.0 if len(c) < 5 else 0.0 for c in completions]\n")
+    monkeypatch.chdir(tmp_path)  # a module in the current directory imports by name
+    monkeypatch.delitem(sys.modules, "my_rewards", raising=False)
+    by_module = load_reward_fn("my_rewards:shorter")
+    by_file = load_reward_fn(f"{tmp_path / 'my_rewards.py'}:shorter")
+    for fn in (by_module, by_file):
+        assert fn(prompts=["a", "b"], completions=["ok", "far too long"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="has no function 'longer'"):
+        load_reward_fn("my_rewards:longer")
+    with pytest.raises(ValueError, match="cannot import 'no_such_module'"):
+        load_reward_fn("no_such_module:f")
+
+
+def test_weighted_rewards_and_none_counts():
+    def fmt(prompts, completions, **kw):  # 1 when the completion has an answer line
+        return [1.0 if "answer:" in c else 0.0 for c in completions]
+
+    def picky(prompts, completions, **kw):  # cannot score the second item
+        return [1.0, None, None]
+
+    def silent(prompts, completions, **kw):
+        return [None, None, None]
+
+    rewards = RewardSet([("fmt", fmt), ("picky", picky), ("silent", silent)], [3.0, 1.0, 0.0])
+    got = rewards(prompts=["q"] * 3, completions=["answer: 1", "answer: 2", "2"])
+    # weights normalised to 0.75 / 0.25 / 0: item 0 = 0.75*1 + 0.25*1 = 1.0; item 1 = 0.75*1 +
+    # 0.25*0 (None counts 0) = 0.75; item 2 = 0.75*0 + 0.25*0 = 0.0
+    assert got == [1.0, 0.75, 0.0]
+    assert rewards.pop_metrics() == {"reward/fmt": 2 / 3, "reward/fmt/none": 0.0,
+                                     "reward/picky": 1.0, "reward/picky/none": 2.0,
+                                     "reward/silent": 0.0, "reward/silent/none": 3.0}
+    assert rewards.pop_metrics()["reward/picky/none"] == 0.0  # reset after popping
+    only_none = RewardSet([("picky", picky), ("silent", silent)])
+    assert only_none(prompts=["q"] * 3, completions=["a"] * 3) == [1.0 * 0.5, None, None]
+    assert load_reward_fn("numeric,gsm8k", [1.0, 1.0])(
+        prompts=["q"], completions=["it is 5"], answer=["#### 5"]) == [0.5]  # numeric: None

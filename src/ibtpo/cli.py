@@ -1,4 +1,4 @@
-"""Command line: ``ibtpo sft | train | eval | score | compare | demo | config``.
+"""Command line: ``ibtpo sft | train | eval | score | export | compare | demo | config``.
 
 Every command takes ``--config FILE`` (repeatable; a file path or a built-in name such as
 ``ibtpo`` or ``grpo``) and ``--set section.key=value`` (repeatable). Bad configs and bad inputs
@@ -60,6 +60,14 @@ def cmd_score(args):
     print(json.dumps(result, indent=2))
 
 
+def cmd_export(args):
+    cfg = _config(args)
+    from ibtpo.export import run_export
+
+    out = run_export(args.model, args.out, cfg.model.dtype)
+    print(f"exported {args.model} -> {out} (plain Hugging Face checkpoint)")
+
+
 def cmd_compare(args):
     configs = [resolve_config_path(c) for c in args.configs]
     from ibtpo.compare import run_compare
@@ -112,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True, help="checkpoint directory or preset")
         p.add_argument("--out", default=None, help="write the results as JSON here")
         p.set_defaults(func=func)
+    p = sub.add_parser("export", help="a policy as a plain HF checkpoint (LoRA merged)")
+    _common(p)
+    p.add_argument("--model", required=True,
+                   help="checkpoint, LoRA checkpoint, .gguf file or preset to export")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("compare", help="run configs at the same generated-token budget")
     p.add_argument("configs", nargs="+", help="config files or built-in names")
     _common(p, config=False)

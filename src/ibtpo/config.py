@@ -52,8 +52,8 @@ def F(default: Any, help: str, *, min: float | None = None, max: float | None = 
 
 @dataclass
 class TaskConfig:
-    name: str = F("arithmetic", "dataset: 'arithmetic' (built-in) or a path to .jsonl/.parquet, "
-                  "or 'hf:NAME[:SPLIT]' (columns: prompt, answer)")
+    name: str = F("arithmetic", "dataset: 'arithmetic' (built-in), a .jsonl/.parquet file, "
+                  "'hf:NAME_OR_DIR[:SPLIT]' (Hugging Face datasets) or 'rg:TASK' (reasoning-gym)")
     terms: list[int] = F([2, 3, 4], "numbers of terms a built-in problem may have (each >= 2)")
     term_weights: list[float] = F([], "relative frequency of each entry of `terms` (empty = uniform)")
     max_operand: int = F(30, "operands are drawn from 1..max_operand", min=2)
@@ -62,8 +62,21 @@ class TaskConfig:
                              "(false = chains going below 0 are redrawn)")
     eval_size: int = F(200, "number of held-out problems", min=1)
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
-    reward: str = F("arithmetic", "verifier: 'arithmetic', 'numeric' or 'math_verify'",
-                    choices=("arithmetic", "numeric", "math_verify"))
+    prompt_column: str = F("prompt", "dataset column of the prompt (a.b = field b of column a; "
+                           "a list of chat messages gives its last user message)")
+    answer_column: str = F("answer", "dataset column of the reference answer (a.b as above)")
+    subset: str = F("", "Hugging Face dataset configuration, e.g. 'main' for openai/gsm8k")
+    prompt_template: str = F("", "datasets: str.format template of the prompt over the row's "
+                             "columns, {prompt} = the prompt column ('' = the prompt as it is)")
+    max_bad_fraction: float = F(0.01, "share of unusable dataset rows that stops the run (each "
+                                "skipped row is reported with its line or index)", min=0.0, max=1.0)
+    size: int = F(2000, "problems generated for a reasoning-gym task (held-out ones included)",
+                  min=2)
+    reward: str = F("arithmetic", "verifier(s), comma-separated: arithmetic | numeric | gsm8k | "
+                    "math_verify | reasoning_gym, or module:function / file.py:function with TRL's "
+                    "signature f(prompts, completions, **columns) -> list[float | None]")
+    reward_weights: list[float] = F([], "weight of each `reward` entry (empty = equal); the reward "
+                                    "is their weighted mean, each in [0, 1]")
     reward_errors: str = F("unscorable", "a reward function that raises: 'unscorable' (log the "
                            "prompt and error, score the trajectory None) or 'stop' (end the run)",
                            choices=("unscorable", "stop"))
@@ -71,11 +84,16 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = F("tiny", "preset ('tiny', 'tiny-test') or a Hugging Face checkpoint dir")
+    name_or_path: str = F("tiny", "preset ('tiny', 'tiny-test'), a Hugging Face checkpoint dir, a "
+                          ".gguf file (extra gguf) or a hub name (when online)")
     dtype: str = F("float32", "parameter dtype", choices=("float32", "bfloat16", "float16"))
     device: str = F("auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
     trust_remote_code: bool = F(False, "let a checkpoint run its own Python code (transformers' "
                                 "trust_remote_code); only for checkpoints you trust")
+    chat_template: bool = F(False, "wrap each prompt in the tokenizer's chat template as one user "
+                            "message, then the assistant turn opens (instruct / chat models)")
+    system_prompt: str = F("", "system message before the prompt when chat_template is on "
+                           "('' = none, or the template's own default)")
 
 
 @dataclass
@@ -167,6 +185,20 @@ class TrainConfig:
     out_dir: str = F("runs/train", "output directory (metrics.jsonl, tensorboard, checkpoints)")
     seed: int = F(0, "seed of prompts, sampling and tie-breaking", min=0)
     tensorboard: bool = F(True, "also write TensorBoard event files")
+    recompute_old_logprobs: bool = F(False, "recompute the old log-probs with the training forward "
+                                     "before the update (bf16 / GPU: sampling and training kernels "
+                                     "differ, so the first ratio is 1 only with this on)")
+
+
+@dataclass
+class LoRAConfig:
+    r: int = F(0, "LoRA rank (0 = full fine-tuning); needs the peft extra. Only the adapters "
+               "train; the reference is the base model with the adapters disabled", min=0)
+    alpha: float = F(16.0, "LoRA scaling alpha (the update is scaled by alpha / r)",
+                     min=0.0, min_exclusive=True)
+    dropout: float = F(0.0, "dropout on the LoRA input", min=0.0, max=1.0)
+    target_modules: list[str] = F(["all-linear"], "modules that get adapters: ['all-linear'] or "
+                                  "names such as ['q_proj', 'v_proj']")
 
 
 @dataclass
@@ -188,6 +220,7 @@ class Config:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
@@ -277,6 +310,13 @@ def validate(cfg: Config) -> list[str]:
                         "non-negative weights (one per task.terms entry) with a positive sum")
     if not t.ops or set(t.ops) - set("+-"):
         problems.append(f"task.ops: got {t.ops!r}, expected a non-empty string of '+' and '-'")
+    n_rewards = len([r for r in t.reward.split(",") if r.strip()])
+    if not n_rewards:
+        problems.append("task.reward: expected at least one reward name or module:function")
+    if t.reward_weights and (len(t.reward_weights) != n_rewards or min(t.reward_weights) < 0
+                             or sum(t.reward_weights) <= 0):
+        problems.append(f"task.reward_weights: got {t.reward_weights!r}, expected {n_rewards} "
+                        "non-negative weights (one per task.reward entry) with a positive sum")
     r = cfg.rollout
     if 0 < r.token_budget < r.b0 * cfg.sampling.max_new_tokens:
         problems.append(f"rollout.token_budget: got {r.token_budget}, expected 0 (no limit) or at "

@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 
 from ibtpo.data import load_task
-from ibtpo.data.rewards import get_reward_fn
+from ibtpo.data.rewards import load_reward_fn
 from ibtpo.inputs import check_prompt_lengths
-from ibtpo.models import encode_prompt, load_model, read_extra
+from ibtpo.models import encode_prompt, load_model, prompt_encoder, read_extra, stop_token_ids
 from ibtpo.rollout.engine import Engine, SamplingParams
 from ibtpo.seeding import EVAL_SAMPLING, stream_generator
 
@@ -35,9 +35,12 @@ def decode_completion(tokenizer, token_ids: list[int]) -> str:
 
 
 def generate_and_score(engine, tokenizer, problems, reward_fn, repeat: int, max_new_tokens: int,
-                       sampling: SamplingParams, generator=None) -> tuple[list, list]:
-    """`repeat` completions per problem (problem-major order): (rewards, samples)."""
-    prefixes = [encode_prompt(tokenizer, p.prompt) for p in problems for _ in range(repeat)]
+                       sampling: SamplingParams, generator=None, encode=None) -> tuple[list, list]:
+    """`repeat` completions per problem (problem-major order): (rewards, samples).
+
+    `encode(text) -> ids` turns a prompt into tokens (default: `encode_prompt`, no template)."""
+    encode = encode or (lambda text: encode_prompt(tokenizer, text))
+    prefixes = [encode(p.prompt) for p in problems for _ in range(repeat)]
     samples = engine.generate(prefixes, max_new_tokens, sampling, generator)
     completions = [decode_completion(tokenizer, s.token_ids) for s in samples]
     prompts = [p.prompt for p in problems for _ in range(repeat)]
@@ -65,8 +68,12 @@ def group_figures(problems, greedy: list, sampled: list | None, k: int) -> dict:
 
 
 def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: float = 1.0,
-             max_new_tokens: int = 64, batch_size: int = 256, seed: int = 0) -> dict:
+             max_new_tokens: int = 64, batch_size: int = 256, seed: int = 0,
+             encode=None) -> dict:
     """Greedy pass@1 and sampled avg@k of `model` on `problems` (see the module docstring).
+
+    `encode(text) -> ids` builds the prompts (e.g. `ibtpo.models.prompt_encoder` with the chat
+    template); generation stops at every stop id of the tokenizer and model.
 
     Returns {"pass@1", "avg@k" (when k > 0), "by_terms": {n: {"pass@1", "avg@k", "count"}},
     "unscorable", "count", "truncated" (share of greedy completions that hit the length limit),
@@ -74,15 +81,18 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     """
     if not problems:
         raise ValueError("evaluate: expected at least one problem, got none")
-    engine = Engine(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=batch_size)
+    engine = Engine(model, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
+                    batch_size=batch_size)
     greedy, samples = generate_and_score(engine, tokenizer, problems, reward_fn, 1,
-                                         max_new_tokens, SamplingParams(temperature=0.0))
+                                         max_new_tokens, SamplingParams(temperature=0.0),
+                                         encode=encode)
     sampled = None
     if k > 0:
         device = next(model.parameters()).device
         generator = stream_generator(seed, EVAL_SAMPLING, device)
         sampled, _ = generate_and_score(engine, tokenizer, problems, reward_fn, k, max_new_tokens,
-                                        SamplingParams(temperature=temperature), generator)
+                                        SamplingParams(temperature=temperature), generator,
+                                        encode=encode)
     result = {"pass@1": mean_reward(greedy), "count": len(problems),
               "by_terms": group_figures(problems, greedy, sampled, k),
               "unscorable": sum(r is None for r in greedy),
@@ -136,14 +146,15 @@ def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
         print(f"warning: {line}")
     model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype,
                                   trust_remote_code=cfg.model.trust_remote_code)
+    encode = prompt_encoder(tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
     problems = held_out(load_task(cfg.task), cfg.eval.size)
-    check_prompt_lengths(problems, lambda text: encode_prompt(tokenizer, text), model,
-                         cfg.sampling.max_new_tokens, f"task.name={cfg.task.name!r} (held-out)")
+    check_prompt_lengths(problems, encode, model, cfg.sampling.max_new_tokens,
+                         f"task.name={cfg.task.name!r} (held-out)")
     result = evaluate(model, tokenizer, problems,
-                      get_reward_fn(cfg.task.reward), k=cfg.eval.k,
+                      load_reward_fn(cfg.task.reward, cfg.task.reward_weights), k=cfg.eval.k,
                       temperature=cfg.eval.temperature,
                       max_new_tokens=cfg.sampling.max_new_tokens,
-                      batch_size=cfg.eval.batch_size, seed=cfg.eval.seed)
+                      batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, encode=encode)
     result["model"] = str(model_dir)
     Console().print(format_table(result, cfg.eval.k, f"held-out evaluation of {model_dir}"))
     if out_json:

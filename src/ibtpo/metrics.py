@@ -94,6 +94,8 @@ METRIC_DOCS: dict[str, str] = {
     "time/reward_s": "seconds spent in the reward function this step",
     "rollout/reward_errors": "completions whose reward function raised (scored None; see task.reward_errors)",
     "train/skipped": "share of the step's optimizer iterations skipped for a NaN/inf loss or gradient",
+    "reward/NAME": "mean of reward function NAME over the trajectories it scored (several rewards)",
+    "reward/NAME/none": "trajectories reward function NAME returned None for (several rewards)",
 }
 
 

@@ -9,8 +9,12 @@ Everything the default pipeline needs is built in code (no downloads):
   text that looks like a special token ("<eos>") is encoded as plain characters.
 - `PRESETS`: `LlamaConfig` keyword arguments for `tiny-test` (~0.4M parameters, for tests) and
   `tiny` (~3M, the default policy of the built-in task).
-- `load_model(name_or_path)`: a preset (fresh, seeded init) or a Hugging Face checkpoint directory
-  (local files only).
+- `load_model(name_or_path)`: a preset (fresh, seeded init), a Hugging Face checkpoint directory,
+  a LoRA adapter directory (base model + adapters, extra `peft`), a `.gguf` file (dequantized by
+  transformers, extra `gguf`) or a hub name (downloaded only when online).
+- `stop_token_ids`: every id that ends a response (the tokenizer's EOS and every EOS of the
+  model's config and generation config: chat models end a turn with e.g. `<|im_end|>`).
+- `prompt_encoder`: text -> prompt ids, plain (BOS + text) or in the tokenizer's chat template.
 - `save_checkpoint(...)`: an HF checkpoint directory (safetensors, tokenizer, `ibtpo.json`)
   written atomically: into a temp dir next to the target, then renamed over it.
 
@@ -22,11 +26,13 @@ with "sdpa" against 5.4k with "eager".
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -120,9 +126,9 @@ def load_model(path_or_preset: str, device: str = "cpu", dtype: str = "float32",
                seed: int = 0, trust_remote_code: bool = False) -> tuple:
     """(model, tokenizer) from a preset name (fresh init with `seed`) or a checkpoint.
 
-    A checkpoint is a local directory (or a model already in the local HF cache) loaded with
-    `AutoModelForCausalLM` / `AutoTokenizer`, local files only, running code shipped with it only
-    when `trust_remote_code`. A tokenizer without a pad token gets its EOS token as pad.
+    A checkpoint (directory, LoRA adapter directory, .gguf file or hub name) is loaded with
+    `AutoModelForCausalLM` / `AutoTokenizer` (see `load_pretrained`), running code shipped with it
+    only when `trust_remote_code`. A tokenizer without a pad token gets its EOS token as pad.
     """
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     if path_or_preset in PRESETS:
@@ -134,26 +140,143 @@ def load_model(path_or_preset: str, device: str = "cpu", dtype: str = "float32",
 
 
 def load_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> tuple:
-    """Load a Hugging Face checkpoint from local files; ValueError naming `path`, the part that
-    failed (tokenizer or model) and what was expected."""
-    expected = (f"expected a preset ({', '.join(PRESETS)}) or a Hugging Face checkpoint "
-                "directory")
-    kwargs = {"local_files_only": True, "trust_remote_code": trust_remote_code}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    except Exception as err:  # tokenizers raises plain Exceptions for a damaged tokenizer.json
-        raise ValueError(f"cannot load the tokenizer of {path!r} (tokenizer.json, "
-                         f"tokenizer_config.json): {_reason(err)}; {expected}") from None
-    try:
-        with quiet_hf_progress():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-    except Exception as err:  # safetensors, torch and transformers each raise their own types
-        raise ValueError(f"cannot load the model of {path!r} (config.json, model.safetensors): "
-                         f"{_reason(err)}; {expected}") from None
+    """A checkpoint directory, a LoRA adapter directory, a .gguf file or a hub name.
+
+    Local paths load from local files only; a hub name downloads only when the process is online
+    (HF_HUB_OFFLINE unset); code shipped with a checkpoint runs only when `trust_remote_code`.
+    ValueError naming `path`, the part that failed (tokenizer or model) and what was expected.
+    """
+    local = Path(path)
+    if (local / "adapter_config.json").is_file():
+        return _named_failure(path, "LoRA checkpoint", "adapter_config.json, ibtpo.json", lambda: load_adapter_checkpoint(local, dtype))
+    if local.suffix == ".gguf":
+        return _named_failure(path, "GGUF file", "a .gguf file", lambda: load_gguf(local, dtype))
+    kwargs = {"trust_remote_code": trust_remote_code,
+              **({"local_files_only": True} if local.exists() else {})}
+    tokenizer = _named_failure(path, "tokenizer", "tokenizer.json, tokenizer_config.json",
+                               lambda: AutoTokenizer.from_pretrained(path, **kwargs))
+    with quiet_hf_progress():
+        model = _named_failure(path, "model", "config.json, model.safetensors",
+                               lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                                            **kwargs))
     check_vocab(model, tokenizer, path)
+    return model, with_pad_token(tokenizer)
+
+
+class LoadError(ValueError):
+    """A checkpoint that cannot be loaded, explained by ibtpo itself (names the file)."""
+
+
+EXPECTED_MODEL = (f"expected a preset ({', '.join(PRESETS)}), a Hugging Face checkpoint directory, "
+                  "a LoRA adapter directory, a .gguf file or a hub name (when online)")
+
+
+def _named_failure(path: str, part: str, files: str, load: Callable):
+    """`load()`; a failure becomes one ValueError naming `path` and `part` (tokenizers,
+    safetensors, torch and transformers each raise their own exception types). Our own
+    `LoadError`s, which name the file already, pass through."""
+    try:
+        return load()
+    except LoadError:
+        raise
+    except Exception as err:
+        raise ValueError(f"cannot load the {part} of {path!r} ({files}): {_reason(err)}; "
+                         f"{EXPECTED_MODEL}") from None
+
+
+def with_pad_token(tokenizer):
+    """The tokenizer, its EOS token set as pad when it has no pad token."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
+
+
+def load_gguf(file: Path, dtype: torch.dtype) -> tuple:
+    """A GGUF checkpoint through transformers (needs the `gguf` package: extra `gguf`).
+
+    Transformers dequantizes the weights; the model is then an ordinary one (its GGUF
+    quantization marker is dropped, so it saves as a plain HF checkpoint).
+    """
+    if not file.is_file():
+        raise LoadError(f"{file}: no such .gguf file")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise LoadError(f"loading {file} needs the gguf package: "
+                         "pip install 'ibtpo[gguf]'") from None
+    tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    with quiet_hf_progress():
+        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=dtype)
+    return drop_quantization(model), with_pad_token(tokenizer)
+
+
+def drop_quantization(model):
+    """Forget how the weights were stored (GGUF): they are plain tensors now, and transformers
+    refuses `save_pretrained` on a model that still carries a non-serialisable quantizer."""
+    model.hf_quantizer = None
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None and hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    return model
+
+
+def load_adapter_checkpoint(directory: Path, dtype: torch.dtype) -> tuple:
+    """A LoRA checkpoint: its base model (`base_model` of ibtpo.json, else the adapter config's
+    `base_model_name_or_path`) with the saved adapters on top (extra `peft`)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise LoadError(f"{directory} holds LoRA adapters: loading it needs peft: "
+                         "pip install 'ibtpo[peft]'") from None
+    base = read_extra(directory).get("base_model") or json.loads(
+        (directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise LoadError(f"{directory}: adapter checkpoint without a base model "
+                         "(expected base_model in ibtpo.json)")
+    model, _ = load_model(base, "cpu", str(dtype).removeprefix("torch."))
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    model = PeftModel.from_pretrained(model, directory, is_trainable=True)
+    return model, with_pad_token(tokenizer)
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS and each EOS id of the model's
+    config and generation config (e.g. `<|im_end|>` and `<|endoftext|>` for ChatML models)."""
+    ids = [tokenizer.eos_token_id]
+    for config in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(config, "eos_token_id", None)
+        ids += list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    found = sorted({int(i) for i in ids if i is not None})
+    if not found:
+        raise ValueError("the tokenizer and the model declare no EOS token; expected at least one "
+                         "stop id (set eos_token in the tokenizer or eos_token_id in the config)")
+    return found
+
+
+def chat_prompt_ids(tokenizer, text: str, system_prompt: str = "") -> list[int]:
+    """`text` as one user message in the tokenizer's chat template, the assistant turn opened.
+
+    The rendered text already holds the template's special tokens (BOS included where the
+    template writes one), so it is tokenized without adding any.
+    """
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": text})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def prompt_encoder(tokenizer, chat_template: bool = False,
+                   system_prompt: str = "") -> Callable[[str], list[int]]:
+    """Prompt text -> prompt ids: `encode_prompt` (BOS + text), or the chat template's rendering
+    when `chat_template` (ValueError when the tokenizer has none)."""
+    if not chat_template:
+        return functools.partial(encode_prompt, tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("model.chat_template=true, but the tokenizer has no chat template; set "
+                         "model.chat_template=false or use a tokenizer that has one")
+    return functools.partial(chat_prompt_ids, tokenizer, system_prompt=system_prompt)
 
 
 def _reason(err: Exception) -> str:

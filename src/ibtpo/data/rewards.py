@@ -2,7 +2,7 @@
 
 Each returns one reward per completion: 1.0 correct, 0.0 wrong, `None` when the item cannot be
 scored (a malformed reference); callers count the `None`s, never silently treat them as zero.
-Dataset columns arrive as keyword lists aligned with `completions`; all three verifiers read the
+Dataset columns arrive as keyword lists aligned with `completions`; the verifiers read the
 column `answer` (the reference) and ignore the others. A completion may be a string or, as TRL
 passes conversational data, a list of messages (the last message's content is scored).
 
@@ -11,22 +11,42 @@ Registry `REWARDS` (config key `task.reward`):
   "answer: <integer>" line counts.
 - "numeric": the last number in the completion equals the reference number (relative tolerance
   1e-6; thousands separators "1,234" accepted; reference must be a plain number).
-- "math_verify": the `math_verify` package (extra `math`):
-  `verify(parse(answer), parse(completion))`
-  (a reference that parses to nothing is retried wrapped in "$...$", as datasets often store bare
-  LaTeX); `None` when it still parses to nothing.
+- "gsm8k": GSM8K's convention: the number after the last "#### " of the completion, or else its
+  last number, equals the number after the reference's "#### " (or the reference number).
+- "math_verify": the `math_verify` package (extra `math`): the reference is parsed first (a
+  reference that parses to nothing is retried wrapped in "$...$", as datasets often store bare
+  LaTeX; `None` when it still parses to nothing), then the completion, then
+  `verify(gold, prediction)` (gold first: the check is not symmetric). math-verify bounds its
+  parsing and checking time with SIGALRM, which only works in the main thread: there the limits
+  are `MATH_VERIFY_TIMEOUT_S`; in any other thread (a data loader, a server) they are off.
+- "reasoning_gym": a reasoning-gym task's own verifier (extra `tasks`): the text inside the last
+  <answer>...</answer> of the completion, scored by the task's `score_answer` on the problem's
+  entry (column `rg_entry`, set by the `rg:TASK` datasets).
+
+`load_reward_fn(spec)` builds what `task.reward` names: one or more entries separated by commas,
+each a registered name or a user function with the same signature given as `module:function`
+(importable, the current directory included) or `path/to/file.py:function`. Several entries
+are combined by `RewardSet` (weights `task.reward_weights`, see there).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
 import math
 import re
+import sys
+import threading
+from pathlib import Path
 from typing import Callable
 
 from ibtpo.data.arithmetic import verify
 
 RewardFn = Callable[..., list]
 NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+")
+GSM8K_MARK = "####"
+MATH_VERIFY_TIMEOUT_S = 5  # math-verify's own default, per parse and per verify
 
 
 def completion_text(completion) -> str:
@@ -92,26 +112,184 @@ def import_math_verify():
     return parse, mv_verify
 
 
+def math_verify_timeout() -> int | None:
+    """math-verify's SIGALRM timeouts work only in the main thread: elsewhere they are turned
+    off (and math-verify's warning about it silenced), instead of failing on every item."""
+    if threading.current_thread() is threading.main_thread():
+        return MATH_VERIFY_TIMEOUT_S
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return None
+
+
+def math_verify_match(parse, mv_verify, completion: str, reference: str,
+                      timeout: int | None) -> float | None:
+    """1.0 / 0.0 by math_verify, the reference parsed first; None if it parses to nothing."""
+    gold = (parse(reference, parsing_timeout=timeout)
+            or parse(f"${reference}$", parsing_timeout=timeout))  # bare LaTeX: "\frac12"
+    if not gold:
+        return None
+    prediction = parse(completion, parsing_timeout=timeout)
+    return float(bool(mv_verify(gold, prediction, timeout_seconds=timeout)))
+
+
 def math_verify_reward(prompts, completions, answer=None, **_) -> list[float | None]:
     """math_verify's equivalence check; None when the reference cannot be parsed."""
     check_lengths(completions, answer)
     parse, mv_verify = import_math_verify()
+    timeout = math_verify_timeout()
+    return [math_verify_match(parse, mv_verify, completion_text(c), str(a), timeout)
+            for c, a in zip(completions, answer)]
+
+
+def gsm8k_number(text: str) -> float | None:
+    """The number after the last "####" of `text`, or else the last number in `text`."""
+    head, mark, tail = str(text).rpartition(GSM8K_MARK)
+    if mark:
+        found = NUMBER_RE.findall(tail.replace("$", ""))
+        return float(found[0].replace(",", "")) if found else None
+    return last_number(head or tail)
+
+
+def gsm8k_reward(prompts, completions, answer=None, **_) -> list[float | None]:
+    """GSM8K's check: the completion's "#### n" (else its last number) equals the reference's."""
+    check_lengths(completions, answer)
     out = []
     for c, a in zip(completions, answer):
-        gold = parse(str(a)) or parse(f"${a}$")  # bare LaTeX references ("\frac12") need $...$
-        out.append(None if not gold else float(bool(mv_verify(gold, parse(completion_text(c))))))
+        ref, got = gsm8k_number(str(a)), gsm8k_number(completion_text(c))
+        out.append(None if ref is None else float(
+            got is not None and math.isclose(got, ref, rel_tol=1e-6, abs_tol=1e-9)))
+    return out
+
+
+def reasoning_gym_reward(prompts, completions, rg_entry=None, **_) -> list[float | None]:
+    """A reasoning-gym task's own `score_answer` on the <answer> of each completion."""
+    if rg_entry is None or len(rg_entry) != len(completions):
+        raise ValueError("reward 'reasoning_gym': expected a column 'rg_entry' (one per "
+                         "completion); it comes with the rg:TASK datasets")
+    try:
+        import reasoning_gym
+        from reasoning_gym.utils import extract_answer
+    except ImportError:
+        raise ImportError("reward 'reasoning_gym' needs reasoning-gym: "
+                          "pip install 'ibtpo[tasks]'") from None
+    out = []
+    for c, entry in zip(completions, rg_entry):
+        if not isinstance(entry, dict) or "metadata" not in entry:
+            out.append(None)
+            continue
+        score = reasoning_gym.get_score_answer_fn(entry["metadata"]["source_dataset"])
+        out.append(float(score(answer=extract_answer(completion_text(c)), entry=entry)))
     return out
 
 
 REWARDS: dict[str, RewardFn] = {
     "arithmetic": arithmetic_reward,
     "numeric": numeric_reward,
+    "gsm8k": gsm8k_reward,
     "math_verify": math_verify_reward,
+    "reasoning_gym": reasoning_gym_reward,
 }
 
 
 def get_reward_fn(name: str) -> RewardFn:
     """The reward function registered as `name`; ValueError listing the valid names."""
     if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; valid rewards: {', '.join(REWARDS)}")
+        raise ValueError(f"unknown reward {name!r}; valid rewards: {', '.join(REWARDS)}, or "
+                         "module:function / file.py:function")
     return REWARDS[name]
+
+
+def import_module_from(where: str):
+    """A module by import name (the current directory on the path) or by .py file path."""
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ValueError(f"reward {where!r}: no such file")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(where)
+    finally:
+        sys.path.remove(str(Path.cwd()))
+
+
+def import_reward_fn(spec: str) -> RewardFn:
+    """The user function `module:function` (or `file.py:function`); ValueError if not found."""
+    where, _, name = spec.rpartition(":")
+    try:
+        module = import_module_from(where)
+    except ImportError as err:
+        raise ValueError(f"reward {spec!r}: cannot import {where!r} ({err})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r}: {where!r} has no function {name!r}")
+    return fn
+
+
+def reward_name(fn: RewardFn) -> str:
+    """A readable name of a reward function (for metrics)."""
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+class RewardSet:
+    """Several reward functions as one: their weighted mean, with each one's `None`s counted.
+
+    Weights are normalised to sum to 1, so the mean of rewards in [0, 1] stays in [0, 1]. An item
+    is `None` (unscorable) only when every function returns None for it; otherwise a function's
+    None counts as 0 in the mean (as TRL's nansum) and is counted in `reward/NAME/none`. One
+    function alone is passed through unchanged. `pop_metrics()` returns and resets, per function
+    when there are several, the mean of its non-None rewards and its None count.
+    """
+
+    def __init__(self, fns: list[tuple[str, RewardFn]], weights: list[float] | None = None):
+        if not fns:
+            raise ValueError("reward: expected at least one reward function")
+        weights = list(weights) if weights else [1.0] * len(fns)
+        if len(weights) != len(fns) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"reward weights: expected {len(fns)} non-negative weights with a "
+                             f"positive sum, got {weights!r}")
+        self.names, self.fns = [n for n, _ in fns], [f for _, f in fns]
+        self.weights = [w / sum(weights) for w in weights]
+        self.stats = {n: [0.0, 0, 0] for n in self.names}  # sum, scored, None
+
+    def __call__(self, prompts, completions, **columns) -> list[float | None]:
+        per_fn = [self.call_one(name, fn, prompts, completions, columns)
+                  for name, fn in zip(self.names, self.fns)]
+        if len(per_fn) == 1:
+            return per_fn[0]
+        return [None if all(r is None for r in rs) else
+                sum(w * (r or 0.0) for w, r in zip(self.weights, rs)) for rs in zip(*per_fn)]
+
+    def call_one(self, name, fn, prompts, completions, columns) -> list[float | None]:
+        rewards = list(fn(prompts=prompts, completions=completions, **columns))
+        if len(rewards) != len(completions):
+            raise ValueError(f"reward {name!r}: expected {len(completions)} rewards, "
+                             f"got {len(rewards)}")
+        scored = [float(r) for r in rewards if r is not None]
+        self.stats[name][0] += sum(scored)
+        self.stats[name][1] += len(scored)
+        self.stats[name][2] += len(rewards) - len(scored)
+        return [None if r is None else float(r) for r in rewards]
+
+    def pop_metrics(self) -> dict[str, float]:
+        """reward/NAME (mean of its non-None rewards) and reward/NAME/none, when several."""
+        out = {}
+        if len(self.names) > 1:
+            for name, (total, scored, none) in self.stats.items():
+                out[f"reward/{name}"] = total / scored if scored else 0.0
+                out[f"reward/{name}/none"] = float(none)
+        self.stats = {n: [0.0, 0, 0] for n in self.names}
+        return out
+
+
+def load_reward_fn(spec: str, weights: list[float] | None = None) -> RewardSet:
+    """What `task.reward` names: comma-separated registered names or module:function entries."""
+    entries = [e.strip() for e in spec.split(",") if e.strip()]
+    fns = []
+    for entry in entries:
+        fn = import_reward_fn(entry) if ":" in entry else get_reward_fn(entry)
+        fns.append((entry if ":" not in entry else reward_name(fn), fn))
+    return RewardSet(fns, weights)

@@ -16,8 +16,10 @@ How a chunk is decoded:
 - one prefill forward fills a `DynamicCache`; each decode step feeds one token per live row;
   full-attention layers use `PreallocLayer`, which writes in place instead of concatenating
   (`torch.cat` of the whole cache at every token dominated the decode time on CPU);
-- rows that stop (EOS, or their own `max_new_tokens`) are dropped from the batch and the cache
-  once they are `drop_fraction` (default 1/4) of the live rows (a drop copies the cache);
+- a row stops at the first of the engine's stop ids (EOS, end of turn: every one the tokenizer
+  and the generation config declare) or at its own `max_new_tokens`; stopped rows are dropped
+  from the batch and the cache once they are `drop_fraction` (default 1/4) of the live rows (a
+  drop copies the cache);
 - sampling draws exponential noise from the caller's `torch.Generator` (the Gumbel-max form of
   categorical sampling) on the generator's device, so a seed reproduces the samples (for a given
   request list, batch size and device). Use a generator on the model's device for speed.
@@ -59,10 +61,10 @@ class SamplingParams:
 class Sample:
     """One generated continuation (new tokens only)."""
 
-    token_ids: list[int]  # includes the EOS token when stop_reason == "eos"
+    token_ids: list[int]  # includes the stop token when stop_reason == "eos"
     logprobs: list[float]  # one per token in token_ids
     entropies: list[float]  # one per token in token_ids
-    stop_reason: str  # "eos" | "length"
+    stop_reason: str  # "eos" (a stop id: EOS or end of turn) | "length"
 
 
 class PreallocLayer(DynamicLayer):
@@ -237,20 +239,31 @@ def check_requests(prefixes, max_new_tokens) -> list[int]:
     return [int(m) for m in max_new_tokens]
 
 
+def check_stop_ids(stop_ids) -> list[int]:
+    """One stop id or a non-empty collection of them, as a sorted list of distinct ints."""
+    ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids or ())
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"stop_ids: expected a token id or a non-empty list of them, "
+                         f"got {stop_ids!r}")
+    return sorted(set(ids))
+
+
 class Engine:
     """Batched sampler over a Hugging Face causal LM (device and dtype come from the model)."""
 
-    def __init__(self, model, eos_token_id: int, pad_token_id: int, batch_size: int = 256,
+    def __init__(self, model, stop_ids: int | list[int], pad_token_id: int, batch_size: int = 256,
                  drop_fraction: float = 0.25):
-        """`batch_size`: requests decoded together; `drop_fraction`: share of stopped rows at
-        which they are dropped from the batch and the cache (0 = drop at once)."""
+        """`stop_ids`: the token id, or ids, that end a response (EOS, end of turn: see
+        `ibtpo.models.stop_token_ids`); `batch_size`: requests decoded together;
+        `drop_fraction`: share of stopped rows at which they are dropped from the batch and the
+        cache (0 = drop at once)."""
         if batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         if not 0 <= drop_fraction <= 1:
             raise ValueError(f"drop_fraction: expected a number in [0, 1], got {drop_fraction!r}")
         self.drop_fraction = drop_fraction
         self.model = model
-        self.eos_token_id = eos_token_id
+        self.stop_ids = check_stop_ids(stop_ids)
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
 
@@ -291,6 +304,7 @@ class Engine:
         logits, state = prefill(self.model, prefixes, self.pad_token_id, width)
         device, n = logits.device, len(prefixes)
         limit = torch.tensor(limits, device=device)  # (N,)
+        stop_ids = torch.tensor(self.stop_ids, device=device)  # (S,)
         tokens = torch.zeros((n, width), dtype=torch.long, device=device)  # (N, T)
         logprobs = torch.zeros((n, width), device=device)  # (N, T)
         entropies = torch.zeros((n, width), device=device)  # (N, T)
@@ -299,7 +313,7 @@ class Engine:
             tok, lp, ent = next_tokens(logits, sampling, generator)
             rows = state.rows
             tokens[rows, step], logprobs[rows, step], entropies[rows, step] = tok, lp, ent
-            stopped |= (tok == self.eos_token_id) | (limit[rows] <= step + 1)
+            stopped |= torch.isin(tok, stop_ids) | (limit[rows] <= step + 1)
             n_stopped = int(stopped.sum())
             if n_stopped == len(rows):
                 break
@@ -311,12 +325,14 @@ class Engine:
         return self.to_samples(tokens, logprobs, entropies, limits)
 
     def to_samples(self, tokens, logprobs, entropies, limits) -> list[Sample]:
-        """Cut each row (N, T) at its EOS or its limit; one host transfer for the chunk."""
+        """Cut each row (N, T) at its first stop token or its limit; one host transfer for the
+        chunk (later slots of a stopped row are unused)."""
         tokens, logprobs, entropies = tokens.tolist(), logprobs.tolist(), entropies.tolist()
-        samples = []
+        stops, samples = set(self.stop_ids), []
         for row, lps, ents, lim in zip(tokens, logprobs, entropies, limits):
             row = row[:lim]
-            hit = self.eos_token_id in row  # rows stop at their first EOS; later slots are unused
-            end = row.index(self.eos_token_id) + 1 if hit else lim
+            end = next((i + 1 for i, t in enumerate(row) if t in stops), None)
+            hit = end is not None
+            end = end if hit else lim
             samples.append(Sample(row[:end], lps[:end], ents[:end], "eos" if hit else "length"))
         return samples

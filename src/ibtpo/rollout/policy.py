@@ -10,10 +10,10 @@ import random
 import torch
 
 from ibtpo.config import Config
-from ibtpo.data.rewards import get_reward_fn
+from ibtpo.data.rewards import RewardSet, load_reward_fn
 from ibtpo.evaluation import evaluate
 from ibtpo.inputs import check_prompt_lengths
-from ibtpo.models import encode_prompt, load_model, resolve_device
+from ibtpo.models import load_model, prompt_encoder, resolve_device, stop_token_ids
 from ibtpo.rollout.engine import Engine, SamplingParams
 from ibtpo.rollout.sampler import RolloutParams, sample_trees
 
@@ -33,39 +33,68 @@ def sampling_params(cfg: Config) -> SamplingParams:
     return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
 
 
-class Policy:
-    """A model, its tokenizer and a generation engine over it: what rollouts and evals need."""
+def reward_set(cfg: Config, reward_funcs=None) -> RewardSet:
+    """The reward of `task.reward` (with `task.reward_weights`), or the given function(s): a
+    `RewardSet`, one function, or a list of functions (equal weights)."""
+    if reward_funcs is None:
+        return load_reward_fn(cfg.task.reward, cfg.task.reward_weights)
+    if isinstance(reward_funcs, RewardSet):
+        return reward_funcs
+    fns = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    return RewardSet([(getattr(f, "__name__", f"reward{i}"), f) for i, f in enumerate(fns)])
 
-    def __init__(self, cfg: Config, model_path: str):
+
+class Policy:
+    """A model, its tokenizer and a generation engine over it: what rollouts and evals need.
+
+    Prompts are encoded with the chat template when `model.chat_template` is on; generation stops
+    at every stop id of the tokenizer and the model (`ibtpo.models.stop_token_ids`). The reward
+    is `task.reward`, or `reward_funcs` (one function in TRL's shape, or a list) when given.
+    """
+
+    def __init__(self, cfg: Config, model_path: str, reward_funcs=None):
         if cfg.model.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"model.device: got {cfg.model.device!r}, but CUDA is not available")
         self.device = resolve_device(cfg.model.device)
         self.model, self.tokenizer = load_model(model_path, str(self.device), cfg.model.dtype,
                                                 trust_remote_code=cfg.model.trust_remote_code)
         self.model.eval()
-        self.reward_fn = get_reward_fn(cfg.task.reward)
-        self.engine = Engine(self.model, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-                             batch_size=cfg.eval.batch_size)
+        self.encode = prompt_encoder(self.tokenizer, cfg.model.chat_template,
+                                     cfg.model.system_prompt)
+        self.reward_fn = reward_set(cfg, reward_funcs)
+        self.engine = Engine(self.model, stop_token_ids(self.tokenizer, self.model),
+                             self.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size)
+
+    def replace_model(self, model) -> None:
+        """Sample from `model` from now on (e.g. the same model with LoRA adapters)."""
+        self.model = self.engine.model = model
+
+    def reward_metrics(self) -> dict:
+        """Per-function reward metrics since the last call (a reward set's; {} otherwise)."""
+        pop = getattr(self.reward_fn, "pop_metrics", None)
+        return pop() if pop is not None else {}
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def check_prompts(self, problems, max_new_tokens: int, source: str) -> None:
         """ValueError naming `source` when a prompt plus `max_new_tokens` exceeds the context."""
-        check_prompt_lengths(problems, lambda text: encode_prompt(self.tokenizer, text),
+        check_prompt_lengths(problems, self.encode,
                              self.model, max_new_tokens, source)
 
     def grow_trees(self, cfg: Config, problems, rng: random.Random, generator: torch.Generator):
         """One tree per problem (ALGORITHM.md §3); returns (trees, metrics)."""
-        prompts = [encode_prompt(self.tokenizer, p.prompt) for p in problems]
+        prompts = [self.encode(p.prompt) for p in problems]
         metas = [p.columns() for p in problems]
-        return sample_trees(self.engine, prompts, [p.prompt for p in problems], metas,
-                            self.reward_fn, self.decode, rollout_params(cfg),
-                            sampling_params(cfg), rng, generator)
+        trees, metrics = sample_trees(self.engine, prompts, [p.prompt for p in problems], metas,
+                                      self.reward_fn, self.decode, rollout_params(cfg),
+                                      sampling_params(cfg), rng, generator)
+        return trees, {**metrics, **self.reward_metrics()}
 
     def evaluate(self, cfg: Config, problems, seed: int) -> dict:
         res = evaluate(self.model, self.tokenizer, problems, self.reward_fn,
                        k=cfg.eval.k, temperature=cfg.eval.temperature,
                        max_new_tokens=cfg.sampling.max_new_tokens,
-                       batch_size=cfg.eval.batch_size, seed=seed)
+                       batch_size=cfg.eval.batch_size, seed=seed, encode=self.encode)
+        self.reward_metrics()  # evaluation rewards are not rollout statistics
         return {"eval/pass@1": res["pass@1"], "eval/avg@k": res[f"avg@{cfg.eval.k}"]}

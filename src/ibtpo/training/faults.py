@@ -83,6 +83,12 @@ class GuardedReward:
             log.warning("%s: scored as unscorable (task.reward_errors=unscorable)", what)
             return None
 
+    def __getattr__(self, name: str):
+        """Everything else is the wrapped function's (e.g. a reward set's `pop_metrics`)."""
+        if name == "fn":
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
     def take_errors(self) -> int:
         """Errors since the last call, and reset the count."""
         n, self.errors = self.errors, 0

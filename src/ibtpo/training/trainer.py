@@ -4,11 +4,16 @@ Shapes: ``P`` prompts per step (``train.prompts_per_step``), ``G`` trajectories 
 ``N`` sequences in a batch (one per trajectory), ``T`` tokens (prompt + response, right-padded).
 
 The trainer owns the policy, the frozen reference (only loaded when ``loss.beta_kl > 0`` or A_IB
-uses the reference policy's step probabilities, ``advantage.ib_prob = "ref"``), the
-optimizer, the step counter and the RNG streams; everything else is a named call into the core.
+uses the reference policy's step probabilities, ``advantage.ib_prob = "ref"``; with LoRA,
+``lora.r > 0``, the same model with its adapters disabled), the optimizer (over the parameters
+that train: the adapters only with LoRA), the step counter and the RNG streams; everything else is
+a named call into the core. With ``train.recompute_old_logprobs`` the old log-probs of the batch
+are recomputed with the training forward before the update (the trees keep the sampler's, which
+the advantages and IB-Scores use).
 Checkpoints (``{train.out_dir}/checkpoints/step-N``, ``latest`` names the newest; see
-``training/checkpoint.py``) hold the HF model and tokenizer, the optimizer, the scheduler, every RNG
-state, the step, the generated-token count and the config; a killed run resumes bit for bit.
+``training/checkpoint.py``) hold the HF model and tokenizer (the adapters with LoRA), the
+optimizer, the scheduler, every RNG state, the step, the generated-token count and the config; a
+killed run resumes bit for bit.
 Under ``accelerate launch`` each rank grows the trees of its share of the step's prompts and the
 gradients, loss denominators, token counts and metrics are global (``training/distributed.py``).
 Faults (non-finite steps, raising reward functions, SIGINT/SIGTERM): ``training/faults.py``.
@@ -36,6 +41,7 @@ from ibtpo.training.batch import Batch, from_trees
 from ibtpo.training.distributed import Dist, rank_stream
 from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
 from ibtpo.training.logprobs import sequence_logprobs
+from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
 from ibtpo.training.reference import fill_ref_logprobs
 
 
@@ -43,9 +49,11 @@ class Trainer:
     """IB-TPO / GRPO / tree baselines, chosen by config (``rollout.scorer``, ``advantage.estimator``)."""
 
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
-                 init_eval: dict | None = None):
-        """`init_eval`: the evaluation of `train.init` when the caller already has it (runs from
-        one warm-up share it), logged at step 0 instead of evaluating again."""
+                 init_eval: dict | None = None, task=None, reward_funcs=None):
+        """``init_eval``: the evaluation of ``train.init`` when the caller already has it (runs
+        from one warm-up share it), logged at step 0 instead of evaluating again. ``task`` (an
+        object with ``train_batch`` / ``eval_set``) and ``reward_funcs`` (TRL-shaped functions)
+        replace ``task.name`` and ``task.reward`` when given (the Python API)."""
         self.cfg, self.out, self.init_eval = cfg, Path(cfg.train.out_dir), init_eval
         self.dist = Dist(cfg.model.device)
         self.dist.check_prompts_per_step(cfg.train.prompts_per_step)
@@ -53,22 +61,24 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         found = self.find_resume_checkpoint(resume)
         self.policy = Policy(config_with(cfg, model={"device": str(self.dist.device)}),
-                             cfg.train.init)
+                             cfg.train.init, reward_funcs)
         self.policy.reward_fn = GuardedReward(self.policy.reward_fn, cfg.task.reward_errors,
                                               cfg.task.reward)
+        if cfg.lora.r > 0:
+            self.policy.replace_model(add_adapters(self.policy.model, cfg.lora))
         self.model = self.policy.model
         needs_ref = cfg.loss.beta_kl > 0 or (cfg.advantage.estimator == "ibtpo"
                                              and cfg.advantage.ib_prob == "ref")
-        self.ref_model = _frozen_copy(self.model) if needs_ref else None
+        self.ref_model = _reference(self.model) if needs_ref else None
         state = self.load_weights(found) if found else None
         self.dist.separate_rollout_model(self.policy)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
         warmup = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
-        self.task = load_task(cfg.task)
+        self.task = task if task is not None else load_task(cfg.task)
         self.eval_problems = self.task.eval_set()[: cfg.eval.size]
         self.check_prompts()
         self.estimator = get_estimator(cfg.advantage.estimator)
@@ -102,7 +112,10 @@ class Trainer:
         batch = from_trees(trees, advantages, self.policy.tokenizer.pad_token_id)
         ckpt.fault_point("step:rollout", self.step + 1)
         t1 = time.perf_counter()
-        loss_metrics = self.update(batch.to(self.policy.device))
+        batch = batch.to(self.policy.device)
+        if self.cfg.train.recompute_old_logprobs:
+            batch = self.recompute_old_logprobs(batch)
+        loss_metrics = self.update(batch)
         t2 = time.perf_counter()
         metrics = self.dist.reduce_metrics(
             {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
@@ -115,6 +128,19 @@ class Trainer:
         self.generated_tokens += int(metrics["rollout/generated_tokens"])
         return {**metrics, "train/step": self.step, "train/generated_tokens": self.generated_tokens,
                 "train/lr": self.scheduler.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def recompute_old_logprobs(self, batch: Batch) -> Batch:
+        """The batch with its old log-probs from the training forward (micro-batch by micro-batch,
+        as the update runs it), so the first ratio is 1 up to the kernels' determinism."""
+        self.model.eval()
+        size, temp, parts = self.cfg.train.micro_batch_size, self.cfg.sampling.temperature, []
+        for i in range(0, len(batch), size):
+            mb = batch.slice(i, min(i + size, len(batch)))
+            logprobs, _ = sequence_logprobs(self.model, mb.input_ids, mb.attention_mask, temp,
+                                            entropy=None)
+            parts.append(logprobs * mb.response_mask)  # (n, T): 0 on prompt and padding
+        return dataclasses.replace(batch, old_logprobs=torch.cat(parts))
 
     def update(self, batch: Batch) -> dict:
         """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches;
@@ -280,10 +306,19 @@ class Trainer:
 
     def write_files(self, directory: Path, state: dict, model_state: dict) -> None:
         """The files of one checkpoint: HF model and tokenizer, ibtpo.json, trainer state."""
-        extra = {"config": self.cfg.to_dict(), "step": self.step, **self.task.settings()}
-        ckpt.write_model_files(self.dist.unwrap(self.model), self.policy.tokenizer, directory,
-                               extra, model_state)
+        extra = {"config": self.cfg.to_dict(), "step": self.step, **self.task.settings(),
+                 "base_model": self.cfg.train.init}
+        model = self.dist.unwrap(self.model)
+        ckpt.write_model_files(model, self.policy.tokenizer, directory, extra,
+                               None if is_lora(model) else model_state)  # LoRA: adapters only
         ckpt.save_state(state, directory / ckpt.STATE_FILE)
+
+    def export(self, out_dir: str | Path) -> Path:
+        """The current policy as a plain HF checkpoint (LoRA merged) in ``out_dir``."""
+        from ibtpo.export import export_model
+
+        return export_model(self.dist.unwrap(self.model), self.policy.tokenizer, out_dir,
+                            {"step": self.step, "base_model": self.cfg.train.init})
 
     def state_dict(self) -> dict:
         """Everything but the weights, as plain data (every rank's RNG states gathered)."""
@@ -316,7 +351,10 @@ class Trainer:
         if state["world_size"] != self.dist.world:
             raise ValueError(f"{path}: written by {state['world_size']} process(es); resume it "
                              f"with as many (this run has {self.dist.world}) for an exact resume")
-        ckpt.load_model_weights(self.model, path, self.cfg.model.trust_remote_code)
+        if is_lora(self.model):
+            load_adapter_weights(self.model, path)
+        else:
+            ckpt.load_model_weights(self.model, path, self.cfg.model.trust_remote_code)
         return state
 
     def load_state_dict(self, state: dict, path: Path) -> None:
@@ -363,7 +401,10 @@ class _NullLogger:
         pass
 
 
-def _frozen_copy(model):
+def _reference(model):
+    """The reference policy: the base model with the adapters off (LoRA), else a frozen copy."""
+    if is_lora(model):
+        return AdaptersDisabled(model)
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref

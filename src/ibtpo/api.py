@@ -1,0 +1,52 @@
+"""The Python API: a user's model, data and reward function in a few lines (as TRL's quickstart).
+
+    import ibtpo
+
+    def correct(prompts, completions, answer, **columns):   # TRL's reward signature
+        return [float(a in c) for c, a in zip(completions, answer)]
+
+    trainer = ibtpo.make_trainer(model="models/SmolLM2-135M-Instruct", dataset="data.jsonl",
+                                 reward_funcs=correct, config="ibtpo",
+                                 settings={"model.chat_template": True, "train.steps": 10})
+    trainer.train()
+    trainer.export("runs/final")     # plain HF checkpoint (LoRA merged)
+
+`dataset` is what `task.name` takes (a .jsonl / .parquet path, "hf:NAME[:SPLIT]", "rg:TASK",
+"arithmetic"), or the rows themselves: a list of dicts or a `datasets.Dataset` with the columns
+`task.prompt_column` and `task.answer_column` (default "prompt", "answer"). `reward_funcs` is one
+function or a list, combined with `reward_weights` (default equal); without it `task.reward` is
+used. `settings` overrides config fields exactly as `--set` does.
+"""
+
+from __future__ import annotations
+
+from ibtpo.config import load_config, resolve_config_path
+from ibtpo.data import load_task
+from ibtpo.data.rewards import RewardSet
+from ibtpo.training.trainer import Trainer
+
+
+def setting_text(key: str, value) -> str:
+    """One override string 'section.key=value' (YAML spelling for booleans and lists)."""
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"{key}={value}"
+
+
+def make_trainer(model: str, dataset=None, reward_funcs=None, config: str | list[str] = "ibtpo",
+                 settings: dict | None = None, progress: bool = True,
+                 reward_weights: list[float] | None = None) -> Trainer:
+    """A `Trainer` for `model` (a path, .gguf file, preset or hub name) on `dataset` with
+    `reward_funcs` (and `reward_weights`), from the built-in or YAML `config`(s) and `settings`
+    overrides."""
+    if reward_funcs is not None and reward_weights:
+        fns = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        reward_funcs = RewardSet([(f.__name__, f) for f in fns], reward_weights)
+    configs = [config] if isinstance(config, str) else list(config)
+    overrides = [f"train.init={model}"]
+    if isinstance(dataset, str):
+        overrides.append(f"task.name={dataset}")
+    overrides += [setting_text(k, v) for k, v in (settings or {}).items()]
+    cfg = load_config([resolve_config_path(c) for c in configs], overrides)
+    task = None if dataset is None or isinstance(dataset, str) else load_task(cfg.task, dataset)
+    return Trainer(cfg, task=task, reward_funcs=reward_funcs, progress=progress)

@@ -1,0 +1,47 @@
+"""Export: a plain HF checkpoint that transformers loads with the policy's logits."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ibtpo.cli import main
+from ibtpo.export import run_export
+from ibtpo.models import load_model
+
+
+def test_export_reloads_with_identical_logits_and_the_chat_template(chat_checkpoint, tmp_path):
+    out = run_export(str(chat_checkpoint), str(tmp_path / "export"))
+    model, _ = load_model(str(chat_checkpoint))
+    plain = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, model(ids).logits)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    assert plain.generation_config.eos_token_id == [2, 0]
+
+
+def test_export_cli(chat_checkpoint, tmp_path, capsys):
+    assert main(["export", "--model", str(chat_checkpoint), "--out", str(tmp_path / "e")]) == 0
+    assert "plain Hugging Face checkpoint" in capsys.readouterr().out
+    assert main(["export", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "f")]) == 2
+    assert "cannot load the tokenizer of" in capsys.readouterr().err
+
+
+def test_a_gguf_file_loads_through_transformers_and_exports(gguf_checkpoint, chat_checkpoint,
+                                                           tmp_path):
+    model, tok = load_model(str(gguf_checkpoint))
+    source, source_tok = load_model(str(chat_checkpoint))
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    with torch.no_grad():  # f32 tensors: the dequantized model is the source model
+        torch.testing.assert_close(model(ids).logits, source(ids).logits, atol=1e-6, rtol=0)
+    text = "<|im_start|>user\n12+7=?<|im_end|>\n"
+    assert tok(text)["input_ids"] == source_tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    assert model.hf_quantizer is None  # the GGUF marker is dropped: save_pretrained works
+    out = run_export(str(gguf_checkpoint), str(tmp_path / "from-gguf"))
+    plain = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert "quantization_config" not in plain.config.to_dict()
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, model(ids).logits)
