@@ -13,7 +13,7 @@ SMOLLM2 := models/SmolLM2-135M-Instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install bench clean smollm2
+.PHONY: demo test install bench evidence evidence-quick clean smollm2
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,21 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sft_speed.py
-	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/step_time.py
+
+# The three studies of BENCHMARKS.md (hours on a 2-core CPU; finished runs are reused), then the
+# collected report. `evidence-quick`: the same commands in their quick settings (minutes each).
+evidence: $(STAMP)
+	$(PY) benchmarks/branching.py
+	$(PY) benchmarks/methods.py
+	$(PY) benchmarks/dynamics.py
+	$(PY) benchmarks/report.py
+
+evidence-quick: $(STAMP)
+	$(PY) benchmarks/branching.py --quick
+	$(PY) benchmarks/methods.py --quick
+	$(PY) benchmarks/dynamics.py --quick
+	$(PY) benchmarks/report.py
 
 smollm2: $(SMOLLM2)/config.json
 

@@ -1,6 +1,6 @@
 """A long run: resident memory and step time over 1,000 RL steps of a tiny model.
 
-    .venv/bin/python benchmarks/long_run.py [--steps 1000] [--config ibtpo] [--model tiny-test]
+    .venv/bin/python benchmarks/long_run.py [--steps 1000] [--config ibtpo] [--model nano]
         [--prompts 4] [--max-new-tokens 24] [--warmup 100] [--every 50] [--json FILE]
 
 The whole training loop runs (`Trainer.train`): rollouts, updates, JSONL and TensorBoard logs,
@@ -8,7 +8,7 @@ held-out evaluation and a crash-safe checkpoint every `--every` steps (the newes
 temp dir. After each step the process's resident set size (RSS) is read. Reported: RSS and median
 step time per window of `--every` steps, and the RSS growth from the end of the warm-up (step
 `--warmup`) to the last step. Target (issue 9): growth <= 5%.
-Defaults keep it cheap (tiny-test at random init, whose responses run to the length limit:
+Defaults keep it cheap (nano at random init, whose responses run to the length limit:
 4 prompts x IBTree (2, 3, 1, 1) x 24 tokens per step); ~0.1-0.2 s a step on a 2-core CPU, a
 few minutes in all.
 """
@@ -64,7 +64,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--config", default="ibtpo")
-    p.add_argument("--model", default="tiny-test", help="preset or checkpoint dir")
+    p.add_argument("--model", default="nano", help="preset or checkpoint dir")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--warmup", type=int, default=100, help="steps before the RSS baseline")

@@ -72,11 +72,11 @@ def test_empty_problem_list_raises(tiny_model, char_tokenizer):
 def test_run_eval_loads_a_checkpoint_prints_and_writes_json(tiny_model, char_tokenizer,
                                                             tmp_path, capsys):
     save_checkpoint(tiny_model, char_tokenizer, tmp_path / "ckpt",
-                    extra={"task": {"max_operand": 9}})
+                    extra={"task": {"max_operand": 30}})
     cfg = Config()
     cfg.eval.size, cfg.eval.k, cfg.sampling.max_new_tokens = 6, 1, 4
     result = run_eval(cfg, str(tmp_path / "ckpt"), str(tmp_path / "out" / "eval.json"))
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["count"] == 6
     assert result["mean_tokens"] <= 4 and set(result) >= {"pass@1", "avg@1", "by_terms"}
     out = capsys.readouterr().out
-    assert "pass@1" in out and "task.max_operand: checkpoint 9, config 30" in out
+    assert "pass@1" in out and "task.max_operand: checkpoint 30, config 9" in out

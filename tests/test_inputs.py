@@ -50,10 +50,10 @@ def fails_cleanly(capsys, args, *expected, out=None) -> str:
 
 @pytest.fixture
 def model_dir(tmp_path):
-    """A fresh tiny-test checkpoint directory that a test may damage."""
+    """A fresh nano checkpoint directory that a test may damage."""
     tok = build_tokenizer()
     out = tmp_path / "model"
-    save_checkpoint(build_model("tiny-test", tok), tok, out)
+    save_checkpoint(build_model("nano", tok), tok, out)
     return out
 
 
@@ -101,14 +101,14 @@ def test_bad_data_files(tmp_path, capsys, name, content, expected):
     content(path)
     out = tmp_path / "run"
     fails_cleanly(capsys, train_args(out, f"task.name={path}", "task.eval_size=4",
-                                     "model.name_or_path=tiny-test", "train.init=tiny-test"),
+                                     "model.name_or_path=nano", "train.init=nano"),
                   name, *expected, out=out)
     assert not out.exists()
 
 
 def test_missing_data_file_and_packages(tmp_path, capsys):
     out = tmp_path / "run"
-    base = train_args(out, "train.init=tiny-test")
+    base = train_args(out, "train.init=nano")
     fails_cleanly(capsys, base + ["--set", f"task.name={tmp_path / 'nope.jsonl'}"], "no such file")
     if importlib.util.find_spec("pyarrow") is None:
         parquet = tmp_path / "rows.parquet"
@@ -122,13 +122,13 @@ def test_missing_data_file_and_packages(tmp_path, capsys):
 
 
 def test_prompts_longer_than_the_context(tmp_path, capsys):
-    """tiny-test has a context of 256 tokens (one per character, plus BOS)."""
+    """nano has a context of 256 tokens (one per character, plus BOS)."""
     data = write_rows(tmp_path / "long.jsonl", prompt="{i}" + "+1" * 130 + "=?\n")  # > 262 chars
     out = tmp_path / "run"
     fails_cleanly(capsys, train_args(out, f"task.name={data}", "task.eval_size=4",
-                                     "train.init=tiny-test"),
+                                     "train.init=nano"),
                   f"task.name='{data}'", "exceeds the model's context of 256 tokens", out=out)
-    fails_cleanly(capsys, ["eval", "--model", "tiny-test", "--set", f"task.name={data}",
+    fails_cleanly(capsys, ["eval", "--model", "nano", "--set", f"task.name={data}",
                            "--set", "task.eval_size=4", "--set", "eval.size=4"],
                   "(held-out)", "exceeds the model's context")
     assert not out.exists()
@@ -147,7 +147,7 @@ def truncate_weights(d):
 def small_vocab(d):
     """A model with 50 embedding rows saved with the 104-token character tokenizer."""
     tok = build_tokenizer()
-    model = build_model("tiny-test", tok)
+    model = build_model("nano", tok)
     model.resize_token_embeddings(50)
     shutil.rmtree(d)
     save_checkpoint(model, tok, d)

@@ -65,24 +65,24 @@ def test_encode_prompt_with_a_tokenizer_that_adds_bos_and_eos_itself():
 
 def test_presets_have_the_advertised_sizes(char_tokenizer):
     sizes = {name: count_parameters(build_model(name, char_tokenizer)) for name in PRESETS}
-    assert 0.25e6 < sizes["tiny-test"] < 0.5e6
+    assert 0.25e6 < sizes["nano"] < 0.5e6
     assert 2.5e6 < sizes["tiny"] < 4e6
 
 
 def test_build_model_is_seeded_and_leaves_the_global_rng_alone(char_tokenizer):
     state = torch.random.get_rng_state()
-    a, b = build_model("tiny-test", char_tokenizer, 1), build_model("tiny-test", char_tokenizer, 1)
-    c = build_model("tiny-test", char_tokenizer, 2)
+    a, b = build_model("nano", char_tokenizer, 1), build_model("nano", char_tokenizer, 1)
+    c = build_model("nano", char_tokenizer, 2)
     assert torch.equal(torch.random.get_rng_state(), state)
     wa, wb, wc = (m.model.embed_tokens.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
 def test_unknown_preset_or_path_lists_the_presets(tmp_path):
-    with pytest.raises(ValueError, match=r"expected a preset \(tiny-test, .*tiny\)"):
+    with pytest.raises(ValueError, match=r"expected a preset \(nano, .*tiny\)"):
         load_model(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="unknown dtype"):
-        load_model("tiny-test", dtype="float8")
+        load_model("nano", dtype="float8")
 
 
 def test_checkpoint_round_trip(tiny_model, char_tokenizer, tmp_path):

@@ -18,13 +18,13 @@ from ibtpo.training.sft import IGNORE_INDEX, collate, lr_at, run_sft
 
 
 def easy_config(tmp_path, steps: int = 100) -> Config:
-    """tiny-test on 3-term sums of operands <= 5: learnable in well under a minute.
+    """nano on 3-term sums of operands <= 5: learnable in well under a minute.
 
     Every step of a held-out problem ("a+b=c") also occurs in training problems, so held-out
     accuracy rises as soon as the facts and the format are learned (measured: 0.8 after 100
     steps, from 0.0)."""
     cfg = Config()
-    cfg.model.name_or_path = "tiny-test"
+    cfg.model.name_or_path = "nano"
     cfg.task.terms, cfg.task.max_operand, cfg.task.ops, cfg.task.eval_size = [3], 5, "+", 25
     s = cfg.sft
     s.steps, s.batch_size, s.lr, s.warmup_steps = steps, 64, 3e-3, 10
@@ -65,7 +65,7 @@ def test_tiny_warm_up_lowers_the_loss_and_raises_held_out_accuracy(tmp_path):
     cfg = easy_config(tmp_path)
     task, reward_fn = load_task(cfg.task), get_reward_fn("arithmetic")
     tok = build_tokenizer()
-    untrained = build_model("tiny-test", tok, seed=cfg.sft.seed)
+    untrained = build_model("nano", tok, seed=cfg.sft.seed)
     before = evaluate(untrained, tok, task.eval_set(), reward_fn, k=0, max_new_tokens=32)
     final = run_sft(cfg, progress=False)
     losses = [h["sft/loss"] for h in final["history"]]
