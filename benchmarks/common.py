@@ -61,8 +61,9 @@ def warmup(overrides: list[str] = (), path: Path = WARMUP_DIR) -> Path:
 
     cfg = load_config(overrides=[f"sft.out_dir={path}", *overrides])
     want = {"task": cfg.to_dict()["task"], "model": cfg.to_dict()["model"],
-            "sft": cfg.to_dict()["sft"]}
+            "sft": {**cfg.to_dict()["sft"], "out_dir": None}}
     have = read_extra(path) if path.is_dir() else {}
+    have = {**have, "sft": {**have.get("sft", {}), "out_dir": None}}
     if all(have.get(k) == v for k, v in want.items()):
         print(f"== warm-up: reusing {path}")
         return path

@@ -35,15 +35,15 @@ def parse_args() -> argparse.Namespace:
 
 def curve_table(history: list[dict]) -> Table:
     """Elapsed seconds vs periodic held-out accuracy, overall and per number of terms."""
-    evals = [h for h in history if "eval/pass@1" in h]
+    evals = [h for h in history if "sft/val_pass@1" in h]
     terms = sorted({k.rsplit("_", 1)[1] for h in evals for k in h if "/terms_" in k}, key=int)
     table = Table(title="held-out greedy accuracy vs time (periodic evaluation)")
     for col in ["elapsed s", "step", "loss", "pass@1"] + [f"{n} terms" for n in terms]:
         table.add_column(col, justify="right")
     for h in evals:
         cells = [f"{h['time/elapsed_s']:.0f}", str(h["step"]), f"{h['sft/loss']:.3f}",
-                 f"{h['eval/pass@1']:.2f}"]
-        cells += [f"{h.get(f'eval/pass@1/terms_{n}', float('nan')):.2f}" for n in terms]
+                 f"{h['sft/val_pass@1']:.2f}"]
+        cells += [f"{h.get(f'sft/val_pass@1/terms_{n}', float('nan')):.2f}" for n in terms]
         table.add_row(*cells)
     return table
 

@@ -78,8 +78,19 @@ def test_tiny_warm_up_lowers_the_loss_and_raises_held_out_accuracy(tmp_path):
     assert extra["task"]["max_operand"] == 5 and extra["final_eval"]["pass@1"] == final["pass@1"]
     log = [json.loads(line) for line in (out / "sft_log.jsonl").read_text().splitlines()]
     assert set(log[-1]) >= {"step", "sft/loss", "sft/lr", "sft/tokens_per_s", "time/elapsed_s",
-                            "eval/pass@1", "eval/pass@1/terms_3"}
-    assert "eval/pass@1" not in log[0]  # eval_every = 0: evaluated at the last step only
+                            "sft/val_pass@1", "sft/val_pass@1/terms_3"}
+    assert "sft/val_pass@1" not in log[0]  # eval_every = 0: evaluated at the last step only
+
+
+def test_stop_at_accuracy_ends_the_warm_up_at_the_first_validation_that_reaches_it(tmp_path):
+    cfg = easy_config(tmp_path, steps=400)
+    cfg.sft.eval_every, cfg.sft.stop_at_accuracy = 10, 0.3
+    final = run_sft(cfg, progress=False)
+    vals = [(h["step"], h["sft/val_pass@1"]) for h in final["history"] if "sft/val_pass@1" in h]
+    # measured: the 3-term sums pass 0.3 on validation after 40-60 of the 400 capped steps
+    assert final["steps"] < 400 and final["steps"] == vals[-1][0]
+    assert vals[-1][1] >= 0.3 and all(v < 0.3 for _, v in vals[:-1])
+    assert read_extra(tmp_path / "sft")["final_eval"]["steps"] == final["steps"]
 
 
 def test_max_minutes_stops_early_and_still_evaluates_and_saves(tmp_path):

@@ -100,8 +100,8 @@ class ModelConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = F(400, "optimizer steps of supervised warm-up (the default leaves the nano model "
-                   "at about 50% held-out accuracy: room for RL)", min=1)
+    steps: int = F(1000, "optimizer steps of supervised warm-up (a cap when stop_at_accuracy > 0; "
+                   "the cosine schedule spans them)", min=1)
     batch_size: int = F(64, "problems per step", min=1)
     lr: float = F(3e-3, "peak AdamW learning rate", min=0.0, min_exclusive=True)
     warmup_steps: int = F(50, "linear warm-up steps, then cosine decay to 10%", min=0)
@@ -110,8 +110,12 @@ class SFTConfig:
                            "warm-up defined by steps and seed is the same on every machine); "
                            "the cosine schedule follows whichever of steps and time is further "
                            "along", min=0.0)
-    eval_every: int = F(50, "held-out greedy evaluation every N steps (0 = only at the end)", min=0)
-    eval_size: int = F(100, "problems used by periodic evaluation", min=1)
+    eval_every: int = F(25, "greedy validation every N steps (0 = only at the end)", min=0)
+    eval_size: int = F(300, "validation problems (drawn from the training distribution, never "
+                       "held-out ones)", min=1)
+    stop_at_accuracy: float = F(0.4, "end the warm-up at the first validation whose greedy "
+                                "accuracy reaches this (0 = run all `steps`); leaves room for RL",
+                                min=0.0, max=1.0)
     grad_clip: float = F(1.0, "max global grad norm (0 = off)", min=0.0)
     log_every: int = F(10, "write a line to {out_dir}/sft_log.jsonl every N steps", min=1)
     out_dir: str = F("runs/sft", "output checkpoint directory")

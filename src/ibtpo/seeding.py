@@ -22,7 +22,9 @@ SAMPLING = "train/sampling"        # token sampling during rollouts (train.seed)
 EVAL_SAMPLING = "eval/sampling"    # the avg@k samples of evaluations (eval.seed)
 SFT_PROBLEMS = "sft/problems"      # the warm-up's batches (sft.seed)
 SFT_INIT = "sft/init"              # the warm-up model's initial weights (sft.seed)
-STREAMS = (HELD_OUT, TRAIN_PROBLEMS, BRANCHING, SAMPLING, EVAL_SAMPLING, SFT_PROBLEMS, SFT_INIT)
+SFT_VALIDATION = "sft/validation"  # the warm-up's validation problems (sft.seed)
+STREAMS = (HELD_OUT, TRAIN_PROBLEMS, BRANCHING, SAMPLING, EVAL_SAMPLING, SFT_PROBLEMS, SFT_INIT,
+           SFT_VALIDATION)
 __doc__ += "".join(f"\n- `{s}`" for s in STREAMS) + "\n"
 
 

@@ -11,20 +11,26 @@ tokens and the EOS (never the prompt, never padding). Choices (config keys in br
   The cosine follows whichever budget is further along: steps [`sft.steps`] or wall time
   [`sft.max_minutes`], so a slow machine still anneals before the time limit stops the run
   (runs that hit the time limit are therefore not bit-reproducible).
-- Held-out greedy pass@1 on [`sft.eval_size`] problems every [`sft.eval_every`] steps and at the
-  last step; a final evaluation (pass@1 and avg@k on `eval.size` problems, `eval.k`,
+- Validation: greedy pass@1 on [`sft.eval_size`] *training-distribution* problems (the
+  `sft/validation` stream; never the held-out set, which stays untouched for the final figures)
+  every [`sft.eval_every`] steps and at the last step.
+- Stop [`sft.stop_at_accuracy`, default 0.4]: the warm-up ends at the first validation that
+  reaches it (0 = run all [`sft.steps`], which are then a cap). Small models learn multi-step
+  chains with a sudden jump (the nano model goes from ~20% to ~90% in about 150 steps, at a step
+  that moves by a hundred with the data order), so a fixed step count lands anywhere on that
+  jump; stopping on validation accuracy starts RL from the same skill on every machine, and is
+  as reproducible as the step count (a function of the seeds, never of wall time).
+- A final evaluation (pass@1 and avg@k on `eval.size` held-out problems, `eval.k`,
   `eval.temperature`) is written into the checkpoint's ibtpo.json.
 - Log [`sft.log_every`]: `{out_dir}/sft_log.jsonl`, one JSON object per line with `step`,
   `sft/loss` (mean since the last line), `sft/lr`, `sft/tokens_per_s` (non-pad tokens per second
   of training), `time/elapsed_s` (wall time since the start, evaluations included), and
-  `eval/pass@1`, `eval/pass@1/terms_N` on evaluation steps.
+  `sft/val_pass@1`, `sft/val_pass@1/terms_N` on validation steps.
 - Right padding under causal attention: real tokens never attend to the padding after them, so
   the forward pass gets no attention mask (sdpa then takes its faster causal path).
 Entry point: `run_sft(cfg)`; the output `sft.out_dir` is an HF checkpoint directory.
 
-Defaults (preset "tiny", built-in task, 500 steps x 64 problems, lr 1e-3, 4.5 min): measured on
-the 2-core CPU, 455 steps in 271 s, 4.5k training tokens/s, held-out greedy accuracy 0.87
-(2/3/4 terms: 0.97/0.84/0.79), avg@4 at T = 1: 0.74 (benchmarks/sft_speed.py).
+Figures of the default warm-up: `benchmarks/sft_speed.py`.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from ibtpo.data.rewards import get_reward_fn
 from ibtpo.evaluation import evaluate, held_out
 from ibtpo.models import check_replaceable, encode_prompt, load_model, save_checkpoint
 from ibtpo.progress import progress_bar
-from ibtpo.seeding import SFT_INIT, SFT_PROBLEMS, stream_rng, stream_seed
+from ibtpo.seeding import SFT_INIT, SFT_PROBLEMS, SFT_VALIDATION, stream_rng, stream_seed
 
 LOG_FILE = "sft_log.jsonl"
 IGNORE_INDEX = -100  # label of tokens not trained on (prompt, padding)
@@ -159,8 +165,8 @@ class Stats:
 
 def eval_metrics(result: dict) -> dict:
     """Log entries of a periodic evaluation."""
-    out = {"eval/pass@1": result["pass@1"]}
-    out.update({f"eval/pass@1/terms_{n}": fig["pass@1"] for n, fig in result["by_terms"].items()})
+    out = {"sft/val_pass@1": result["pass@1"]}
+    out.update({f"sft/val_pass@1/terms_{n}": fig["pass@1"] for n, fig in result["by_terms"].items()})
     return out
 
 
@@ -185,7 +191,8 @@ class SFTRun:
         self.task = load_task(cfg.task)
         check_solutions(self.task, cfg.task.name)
         self.reward_fn = get_reward_fn(cfg.task.reward)
-        self.eval_problems = self.task.eval_set()[:self.s.eval_size]
+        self.val_problems = self.task.train_batch(self.s.eval_size,
+                                                  stream_rng(self.s.seed, SFT_VALIDATION))
         self.optimizer = make_optimizer(self.model, self.s)
         self.rng = stream_rng(self.s.seed, SFT_PROBLEMS)
         self.out_dir = Path(self.s.out_dir)
@@ -207,8 +214,8 @@ class SFTRun:
         stats.add(loss, batch.n_tokens, time.perf_counter() - t0)
 
     def periodic_eval(self) -> dict:
-        """Greedy pass@1 on the periodic evaluation problems."""
-        result = evaluate(self.model, self.tokenizer, self.eval_problems, self.reward_fn, k=0,
+        """Greedy pass@1 on the validation problems."""
+        result = evaluate(self.model, self.tokenizer, self.val_problems, self.reward_fn, k=0,
                           max_new_tokens=self.cfg.sampling.max_new_tokens,
                           batch_size=self.cfg.eval.batch_size)
         return eval_metrics(result)
@@ -223,6 +230,11 @@ class SFTRun:
         log.flush()
         self.history.append(line)
         return line
+
+    def reached_target(self, line: dict) -> bool:
+        """Whether this log line's validation reached `sft.stop_at_accuracy` (when it is on)."""
+        target = self.s.stop_at_accuracy
+        return target > 0 and line.get("sft/val_pass@1", -1.0) >= target
 
     def should_eval(self, step: int, last: bool) -> bool:
         return last or (self.s.eval_every > 0 and step % self.s.eval_every == 0)
@@ -241,6 +253,8 @@ class SFTRun:
                 if step % self.s.log_every == 0 or last or self.should_eval(step, last):
                     line = self.record(log, step, clock, stats, self.should_eval(step, last))
                     bar.update(step, describe(line))
+                    if self.reached_target(line):
+                        break
         self.elapsed = clock.elapsed()
         return step
 
@@ -263,8 +277,8 @@ class SFTRun:
 def describe(line: dict) -> str:
     """Progress-bar text of a log line."""
     text = f"loss {line['sft/loss']:.3f} lr {line['sft/lr']:.1e}"
-    if "eval/pass@1" in line:
-        text += f" acc {line['eval/pass@1']:.2f}"
+    if "sft/val_pass@1" in line:
+        text += f" val {line['sft/val_pass@1']:.2f}"
     return text
 
 
