@@ -167,7 +167,8 @@ def chat_trainer(checkpoint, out, *extra):
 
 
 def test_a_saved_chat_model_trains_a_step_on_chat_prompts(chat_checkpoint, tmp_path):
-    trainer = chat_trainer(chat_checkpoint, tmp_path)
+    # the untrained chat model answers in one step, so only the root can be branched from
+    trainer = chat_trainer(chat_checkpoint, tmp_path, "rollout.branch_from_root=true")
     tok = trainer.policy.tokenizer
     assert tok.decode(trainer.policy.encode("1+2=?")).startswith("<|im_start|>user\n1+2=?")
     assert trainer.policy.engine.stop_ids == [0, 2]  # <|endoftext|> and <|im_end|>

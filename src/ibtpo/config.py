@@ -140,7 +140,8 @@ class RolloutConfig:
     rounds: int = F(9, "L: 1 initial round + L-1 branching rounds", min=1)
     k: int = F(1, "K: nodes branched from per tree per round", min=1)
     bn: int = F(1, "Bn: continuations sampled from each picked node", min=1)
-    branch_from_root: bool = F(True, "may the root be picked for branching (choice)")
+    branch_from_root: bool = F(False, "may the root be picked for branching (choice; false matches "
+                               "the paper's token counts: docs/ALGORITHM.md §3)")
     merge_identical_steps: bool = F(False, "merge identical sibling steps into one node")
     step_delimiter: str = F("\n\n", "text that ends a step (kept in the step it ends)")
     prob_norm: str = F("mean", "step probability pi_bar: mean | sum | sibling (ALGORITHM.md §1)",

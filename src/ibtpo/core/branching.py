@@ -16,8 +16,9 @@ Scorers (config key `scorer`):
   of its children's counts), then shallowest: score = -(n_samples + depth / (max_depth + 1)).
   On B0 chains this fills level 1 to width 2, then level 2, ... (breadth first).
 - "independent": {} (no branching; the rollout samples G independent responses).
-Choices: `branch_from_root` (default True) lets the root be picked; ties in `select_nodes` are broken
-at random with the run's seeded `random.Random`.
+Choices: `branch_from_root` lets the root be picked (True here, as the paper's text reads; the run
+configs default to False, which matches the paper's token counts: ALGORITHM.md §3); ties in
+`select_nodes` are broken at random with the run's seeded `random.Random`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ibtpo.core.tree import PROB_NORMS, Node, Tree
 class BranchParams:
     beta: float = 5.0               # IB trade-off (> 0); paper default 5
     prob_norm: str = "mean"         # pi_bar normalisation: "mean" | "sum" | "sibling"
-    branch_from_root: bool = True   # may the root be picked (a fresh independent response)
+    branch_from_root: bool = True   # may the root be picked (the paper's text; configs: False)
 
     def __post_init__(self):
         check_beta(self.beta)

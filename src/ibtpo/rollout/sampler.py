@@ -56,7 +56,7 @@ class RolloutParams:
     max_new_tokens: int = 64  # response tokens of any trajectory, at most
     step_delimiter: str = "\n\n"  # text that ends a step
     merge_identical_steps: bool = False  # merge identical sibling steps into one node
-    branch_from_root: bool = True  # the root may be picked (a fresh independent response)
+    branch_from_root: bool = True  # the root may be picked (the paper's text; configs: False)
     beta: float = 5.0  # IB trade-off, for the "ib" scorer
     prob_norm: str = "mean"  # pi_bar normalisation: mean | sum | sibling
     token_budget: int = 0  # generated tokens per prompt, never exceeded; 0 = no budget
