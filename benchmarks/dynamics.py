@@ -18,9 +18,9 @@ import argparse
 import time
 
 from common import RESULTS, write_section
-from ibtpo.compare import band, plot_curves
+from ibtpo.compare import SMOOTH_STEPS, band, plot_curves
 from ibtpo.stats import fmt_ci, mean_ci
-from methods import BUDGET, QUICK_BUDGET, run
+from methods import BUDGET, EVALS, QUICK_BUDGET, QUICK_EVALS, run
 
 CONFIGS = ("grpo", "grpo_clip_higher", "grpo_entropy", "ibtpo")
 FIGURES = {  # file -> (what it reproduces, metrics)
@@ -40,11 +40,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="GRPO and IB-TPO, 2 seeds, small budget")
     p.add_argument("--budget", type=int, default=None, help=f"generated tokens (default {BUDGET})")
     p.add_argument("--seeds", type=int, default=None,
-                   help="seeds per config (default: 5 for GRPO and IB-TPO, 3 for the others)")
+                   help="seeds per config (default: 8 for GRPO and IB-TPO, 4 for the others)")
     return p.parse_args()
 
 
-def at_fractions(curves: dict, budget: int, fractions=(0.1, 0.5, 1.0)) -> str:
+def at_fractions(curves: dict, budget: int, fractions=(0.25, 0.5, 1.0)) -> str:
     """Each TABLE_KEYS metric at fractions of the budget: mean ± 95% half-width over seeds."""
     import numpy as np
 
@@ -61,23 +61,43 @@ def at_fractions(curves: dict, budget: int, fractions=(0.1, 0.5, 1.0)) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reading(curves: dict, budget: int) -> str:
-    """Generated sentences: does entropy fall, is the IB-Score / cov positive, per config."""
+def first_last(runs: list[list[dict]], key: str) -> tuple[float, float]:
+    """Mean over seeds of a step metric over each run's first and last SMOOTH_STEPS steps."""
     import numpy as np
 
-    ends = np.array([0.1 * budget, budget])
+    def ends(rows):
+        vals = [r[key] for r in rows if isinstance(r.get(key), float)]
+        return np.mean(vals[:SMOOTH_STEPS]), np.mean(vals[-SMOOTH_STEPS:])
+
+    pairs = [ends(rows) for rows in runs]
+    return float(np.mean([a for a, _ in pairs])), float(np.mean([b for _, b in pairs]))
+
+
+def run_mean_ci(runs: list[list[dict]], key: str) -> tuple[float, float]:
+    """Each run's mean of a step metric over training, then mean ± 95% half-width over seeds."""
+    import numpy as np
+
+    return mean_ci([np.mean([r[key] for r in rows if isinstance(r.get(key), float)])
+                    for rows in runs])
+
+
+def sign(ci: tuple[float, float]) -> str:
+    mean, half = ci
+    return ("positive" if mean - half > 0 else "negative" if mean + half < 0
+            else "its interval includes 0")
+
+
+def reading(curves: dict, budget: int) -> str:
+    """Generated sentences: does entropy fall, is the IB-Score / cov positive, per config."""
     lines = []
     for name, runs in curves.items():
-        ent, _ = band(runs, "policy/entropy", ends)
-        eff, _ = band(runs, "rollout/eff_rate", ends)
-        cov = mean_ci([np.nanmean([r["tree/cov_root"] for r in rows
-                                   if isinstance(r.get("tree/cov_root"), float)])
-                       for rows in runs])
+        ent = first_last(runs, "policy/entropy")
+        eff = first_last(runs, "rollout/eff_rate")
+        ib, cov = run_mean_ci(runs, "tree/ib_score_root"), run_mean_ci(runs, "tree/cov_root")
         lines.append(f"- {name}: policy entropy {ent[0]:.3f} → {ent[1]:.3f}, Eff-Rate "
-                     f"{eff[0]:.2f} → {eff[1]:.2f} (10% → 100% of the tokens); mean cov at the "
-                     f"root over training {fmt_ci(*cov, digits=4)}"
-                     + (" (positive)." if cov[0] - cov[1] > 0 else
-                        " (negative)." if cov[0] + cov[1] < 0 else " (interval includes 0)."))
+                     f"{eff[0]:.2f} → {eff[1]:.2f} (first → last {SMOOTH_STEPS} steps); over "
+                     f"training, IB-Score at the root {fmt_ci(*ib)} ({sign(ib)}), cov at the "
+                     f"root {fmt_ci(*cov, digits=4)} ({sign(cov)}).")
     return "\n".join(lines) + "\n"
 
 
@@ -86,9 +106,9 @@ def main() -> None:
     start = time.perf_counter()
     names = ["grpo", "ibtpo"] if args.quick else list(CONFIGS)
     budget = args.budget or (QUICK_BUDGET if args.quick else BUDGET)
-    seeds = {n: args.seeds or (2 if args.quick else 5 if n in ("grpo", "ibtpo") else 3)
+    seeds = {n: args.seeds or (2 if args.quick else 8 if n in ("grpo", "ibtpo") else 4)
              for n in names}
-    _, _, curves = run(names, seeds, budget)
+    _, _, curves = run(names, seeds, budget, QUICK_EVALS if args.quick else EVALS)
     RESULTS.mkdir(parents=True, exist_ok=True)
     parts = []
     for file, (title, keys) in FIGURES.items():
