@@ -182,7 +182,15 @@ class TrainConfig:
                           "steps move every weight by ~lr)", min=0)
     weight_decay: float = F(0.0, "AdamW weight decay", min=0.0)
     num_iterations: int = F(1, "passes over each step's batch (PPO epochs)", min=1)
-    micro_batch_size: int = F(64, "sequences per forward/backward", min=1)
+    micro_batch_size: int = F(64, "sequences per forward/backward (pack_trees=false)", min=1)
+    pack_trees: bool = F(True, "train on packed trees: each tree's prompt and steps run once, "
+                         "attention restricted to ancestors (same loss and gradient as one "
+                         "padded row per trajectory, fewer tokens)")
+    pack_tokens: int = F(1024, "packed rows hold whole trees up to this many tokens (a larger "
+                         "tree gets a row of its own); attention costs grow with its square",
+                         min=1)
+    micro_batch_tokens: int = F(16384, "token positions per forward/backward with pack_trees "
+                                "(rows x row length; at least one row)", min=1)
     grad_clip: float = F(1.0, "max global grad norm (0 = off)", min=0.0)
     eval_every: int = F(10, "held-out evaluation every N steps (0 = start and end only)", min=0)
     eval_every_tokens: int = F(0, "also evaluate whenever the generated tokens cross a multiple of "

@@ -76,6 +76,10 @@ METRIC_DOCS: dict[str, str] = {
     "train/lr": "learning rate",
     "train/step": "optimizer step",
     "train/generated_tokens": "cumulative generated tokens since the start of training",
+    "train/batch_tokens": "token positions one training forward runs through the model this "
+                          "step (packed trees or padded rows, padding included)",
+    "train/trajectory_tokens": "prompt + response tokens of every trajectory counted separately "
+                               "(an unpadded one-row-per-trajectory batch)",
     "time/rollout_s": "seconds spent growing the trees of this step",
     "time/train_s": "seconds spent on the policy update of this step",
     "time/step_s": "seconds for the whole training step",

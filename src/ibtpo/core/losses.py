@@ -21,6 +21,9 @@ Choices (config key in brackets):
   loss/clipfrac_low (rho < 1 - eps_low with A < 0: the clipped term is used), loss/clipfrac_high
   (rho > 1 + eps_high with A > 0), loss/ratio_mean (all three token-means over masked tokens),
   loss/total. No .item() here.
+- `weighted_policy_loss` is the same loss over tokens that several sequences share (tree packing,
+  `training.packing`): per-token sums of the sequences' aggregation weights, split by the sign of
+  their advantages, give the same value and gradient as `policy_loss` over the unpacked rows.
 """
 
 from __future__ import annotations
@@ -124,3 +127,50 @@ def _token_metrics(ratio: Tensor, low: Tensor, high: Tensor, mask: Tensor) -> di
         return masked_token_mean(x.to(mask.dtype), mask).detach()
     return {"loss/clipfrac": tm(low | high), "loss/clipfrac_low": tm(low),
             "loss/clipfrac_high": tm(high), "loss/ratio_mean": tm(ratio)}
+
+
+def weighted_policy_loss(logprobs: Tensor, old_logprobs: Tensor, weights: dict[str, Tensor],
+                         denominator: Tensor, *, eps_low: float = 0.2, eps_high: float = 0.2,
+                         ref_logprobs: Tensor | None = None, beta_kl: float = 0.0,
+                         entropy: Tensor | None = None,
+                         entropy_coef: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """`policy_loss` with the aggregation folded into per-token weights (tree packing).
+
+    `weights` holds (N, T) tensors: `weight` (sum of the aggregation weights w_i of the sequences
+    through the token), `pos_weight` / `neg_weight` (sum of w_i max(A_i, 0) / w_i max(-A_i, 0)),
+    and `count`, `count_pos`, `count_neg` (sequences through the token; with A > 0; with A < 0).
+    With g+(rho) = -min(rho, clip(rho)) and g-(rho) = max(rho, clip(rho)), a sequence's clipped
+    term is A g+ for A >= 0 and |A| g- for A < 0, so
+        pg = sum(pos_weight g+ + neg_weight g-) / denominator,   kl, entropy: sum(weight x) / denominator
+    equal the aggregated unpacked terms exactly. Metrics as `policy_loss`'s, with tokens counted
+    once per sequence through them.
+    """
+    _check_terms(ref_logprobs, beta_kl, entropy, entropy_coef)
+    logp = logprobs.float()                                         # (N, T)
+    ratio = torch.exp(logp - old_logprobs.float())                  # (N, T)
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)     # (N, T)
+    pg_tok = (weights["pos_weight"] * -torch.minimum(ratio, clipped)
+              + weights["neg_weight"] * torch.maximum(ratio, clipped))
+    denominator = denominator.clamp(min=1.0)  # as the unpacked means: an empty batch gives 0
+
+    def total(x: Tensor) -> Tensor:
+        return (weights["weight"] * x).sum() / denominator
+
+    pg = pg_tok.sum() / denominator
+    kl = total(k3_kl(logp, ref_logprobs.float())) if ref_logprobs is not None else pg.new_zeros(())
+    ent = total(entropy.float()) if entropy is not None else pg.new_zeros(())
+    loss = pg + beta_kl * kl - entropy_coef * ent
+    return loss, {"loss/pg": pg.detach(), "loss/kl": kl.detach(), "loss/entropy": ent.detach(),
+                  **_weighted_token_metrics(ratio, weights, eps_low, eps_high),
+                  "loss/total": loss.detach()}
+
+
+def _weighted_token_metrics(ratio: Tensor, weights: dict[str, Tensor], eps_low: float,
+                            eps_high: float) -> dict[str, Tensor]:
+    """`_token_metrics` with every token counted once per sequence through it (detached)."""
+    ratio = ratio.detach()
+    n = weights["count"].sum().clamp(min=1.0)
+    low = (weights["count_neg"] * (ratio < 1.0 - eps_low)).sum() / n
+    high = (weights["count_pos"] * (ratio > 1.0 + eps_high)).sum() / n
+    return {"loss/clipfrac": low + high, "loss/clipfrac_low": low, "loss/clipfrac_high": high,
+            "loss/ratio_mean": (weights["count"] * ratio).sum() / n}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ibtpo.core.losses import policy_loss
 from ibtpo.core.tree import Tree
 
 
@@ -28,17 +29,53 @@ class Batch:
     response_mask: torch.Tensor  # (N, T) float, 1 on response tokens trained on
     old_logprobs: torch.Tensor  # (N, T) float, sampling-policy log-prob of input_ids[:, t]
     advantages: torch.Tensor  # (N, T) float, A(s) of the step holding input_ids[:, t]
+    ref_logprobs: torch.Tensor | None = None  # (N, T) float, set by the trainer's reference step
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def num_tokens(self) -> int:
+        """Token positions one forward over the whole batch runs (padding included)."""
+        return int(self.input_ids.numel())
+
+    def _map(self, fn) -> "Batch":
+        return Batch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                        for f in fields(self)})
+
     def to(self, device) -> "Batch":
         """The same batch with every tensor on `device`."""
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self._map(lambda t: t.to(device))
 
     def slice(self, i: int, j: int) -> "Batch":
         """Rows i..j-1 (a micro-batch); views, no copy."""
-        return Batch(**{f.name: getattr(self, f.name)[i:j] for f in fields(self)})
+        return self._map(lambda t: t[i:j])
+
+    def trained_mask(self) -> torch.Tensor:
+        """(N, T) 1 on the tokens trained on (response tokens)."""
+        return self.response_mask
+
+    def model_inputs(self, attention: str = "sdpa") -> dict:
+        """Keyword arguments of `training.logprobs.sequence_logprobs` for this batch."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def agg_count(self, agg_mode: str) -> torch.Tensor:
+        """What `agg_mode` averages over in these rows (the trainer's micro-batch weights)."""
+        return agg_count(self.response_mask, agg_mode)
+
+    def loss(self, logprobs, entropy, **loss_kwargs):
+        """`core.losses.policy_loss` over these rows."""
+        return policy_loss(logprobs, self.old_logprobs, self.advantages, self.response_mask,
+                           ref_logprobs=self.ref_logprobs, entropy=entropy, **loss_kwargs)
+
+
+def agg_count(response_mask: torch.Tensor, agg_mode: str) -> torch.Tensor:
+    """What `agg_mode` averages over: trained tokens, rows with a trained token, or rows."""
+    if agg_mode == "token-mean":
+        return response_mask.sum()
+    if agg_mode == "seq-mean-token-mean":
+        return (response_mask.sum(-1) > 0).sum()
+    return torch.tensor(response_mask.shape[0])
 
 
 def check_advantages(trees: list[Tree], advantages) -> None:
@@ -71,8 +108,28 @@ def pad_right(rows: list[list], value, width: int) -> list[list]:
     return [row + [value] * (width - len(row)) for row in rows]
 
 
+def zero_advantages(trees: list[Tree]) -> list[list[list[float]]]:
+    """advantages[p][g][k] = 0 for every step of every trajectory (a batch built before them)."""
+    return [[[0.0] * len(traj) for traj in tree.trajectories()] for tree in trees]
+
+
+def assign_advantages(batch: Batch, trees: list[Tree], advantages, agg_mode: str | None = None,
+                      max_response_len: int | None = None) -> Batch:
+    """Set `batch.advantages` (built by `from_trees(trees, None, ...)`); returns the batch.
+    (`agg_mode` and `max_response_len` are used by the packed batch only.)"""
+    check_advantages(trees, advantages)
+    rows = [trajectory_row(tree, traj, a)[2]
+            for tree, adv in zip(trees, advantages) for traj, a in zip(tree.trajectories(), adv)]
+    width = batch.advantages.shape[1]
+    batch.advantages = torch.tensor(pad_right(rows, 0.0, width),
+                                    device=batch.advantages.device)  # (N, T)
+    return batch
+
+
 def from_trees(trees: list[Tree], advantages, pad_token_id: int) -> Batch:
-    """One right-padded row per trajectory; `advantages[p][g][k]` as the estimators return it."""
+    """One right-padded row per trajectory; `advantages[p][g][k]` as the estimators return it
+    (None: zeros, to be set by `assign_advantages` once known)."""
+    advantages = zero_advantages(trees) if advantages is None else advantages
     check_advantages(trees, advantages)
     rows = [(len(tree.prompt_ids), *trajectory_row(tree, traj, a))
             for tree, adv in zip(trees, advantages) for traj, a in zip(tree.trajectories(), adv)]

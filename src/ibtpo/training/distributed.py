@@ -42,7 +42,8 @@ COLLECTIVE_TIMEOUT_S = 4 * 3600
 # (weighted by the rank's prompts: the default, exact for per-prompt means).
 REDUCTIONS = {
     **dict.fromkeys(["rollout/generated_tokens", "rollout/num_trajectories", "rollout/unscorable",
-                     "rollout/branches", "rollout/prompts", "rollout/reward_errors"], "sum"),
+                     "rollout/branches", "rollout/prompts", "rollout/reward_errors",
+                     "train/batch_tokens", "train/trajectory_tokens"], "sum"),
     **dict.fromkeys(["tree/depth_max", "rollout/rounds", "train/grad_norm", "train/skipped"],
                     "max"),
     **dict.fromkeys(["rollout/reward_mean", "rollout/response_len_mean", "tree/depth_mean"],

@@ -10,6 +10,11 @@ tensor, only the model's own logits (the fp32 chunk is recomputed in the backwar
 Entropy costs one more pass over the logits: it is computed only when asked for, and with a
 gradient only when it is trained (`entropy="grad"`, the entropy bonus); `entropy="metric"`
 computes it without a graph. Training forwards never build a KV cache (`use_cache=False`).
+
+Packed trees (`training.packing`): a token is not always predicted by the position just before it
+(a step's first token is predicted by its parent's last token, which may sit several siblings
+back), so `logit_index` (N, T) may name the position whose logits predict each token. The
+log-normaliser and the entropy are then computed once per position and gathered, never per token.
 """
 
 from __future__ import annotations
@@ -56,6 +61,23 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return flat.view(n, t)
 
 
+def _chunk_logsumexp(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log sum exp(logits / T) in fp32 for one chunk: (n, V) -> (n,)."""
+    return torch.logsumexp(logits.float() / temperature, dim=-1)
+
+
+def gathered_logprobs(logits: torch.Tensor, targets: torch.Tensor, logit_index: torch.Tensor,
+                      temperature: float = 1.0, chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
+    """log softmax(logits[n, logit_index[n, t]] / T)[targets[n, t]]: (N, T, V), (N, T), (N, T)
+    -> (N, T) fp32. Each position's normaliser is computed once, however many tokens it predicts."""
+    n, t, v = logits.shape
+    flat = logits.reshape(n * t, v)
+    lse = _chunked(_chunk_logsumexp, flat, temperature, chunk_tokens=chunk_tokens, grad=True)
+    src = (logit_index + torch.arange(n, device=logits.device)[:, None] * t).reshape(-1)  # (N*T,)
+    picked = flat[src, targets.reshape(-1)].float() / temperature  # (N*T,)
+    return (picked - lse[src]).view(n, t)
+
+
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0, grad: bool = False,
                   chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
     """Entropy of softmax(logits / T) per position: (N, T, V) -> (N, T) fp32."""
@@ -75,19 +97,25 @@ def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       temperature: float = 1.0, *, position_ids: torch.Tensor | None = None,
-                      entropy: str | None = "metric", chunk_tokens: int = CHUNK_TOKENS):
+                      entropy: str | None = "metric", chunk_tokens: int = CHUNK_TOKENS,
+                      logit_index: torch.Tensor | None = None):
     """Log-prob of every token under softmax(logits / T), and optionally its entropy.
 
     `attention_mask` is the usual (N, T) padding mask, or any mask the model accepts (e.g. a 4-D
     boolean mask for packed trees, with explicit `position_ids`). `entropy` is one of
     ENTROPY_MODES: None (not computed), "metric" (no gradient) or "grad" (with gradient).
-    Returns `(logprobs, entropy)`, both (N, T) fp32 with 0 at position 0; entropy is None when
-    not asked for.
+    `logit_index` (N, T): the position whose logits predict each token (packed trees); default
+    t - 1. Returns `(logprobs, entropy)`, both (N, T) fp32 (entropy: of the distribution each token
+    was drawn from), with 0 at position 0 when `logit_index` is None; entropy is None when not
+    asked for.
     """
     if entropy not in ENTROPY_MODES:
         raise ValueError(f"entropy: expected one of {ENTROPY_MODES}, got {entropy!r}")
     if position_ids is None:
         position_ids = default_position_ids(attention_mask)  # (N, T)
+    if logit_index is not None:
+        return _indexed_logprobs(model, input_ids, attention_mask, position_ids, logit_index,
+                                 temperature, entropy, chunk_tokens)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False).logits[:, :-1]  # (N, T-1, V), model dtype
     logp = F.pad(token_logprobs(logits, input_ids[:, 1:], temperature, chunk_tokens), (1, 0))
@@ -95,3 +123,15 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         return logp, None
     ent = token_entropy(logits, temperature, grad=entropy == "grad", chunk_tokens=chunk_tokens)
     return logp, F.pad(ent, (1, 0))
+
+
+def _indexed_logprobs(model, input_ids, attention_mask, position_ids, logit_index, temperature,
+                      entropy, chunk_tokens):
+    """`sequence_logprobs` with an explicit `logit_index` (packed trees)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits  # (N, T, V), model dtype
+    logp = gathered_logprobs(logits, input_ids, logit_index, temperature, chunk_tokens)
+    if entropy is None:
+        return logp, None
+    ent = token_entropy(logits, temperature, grad=entropy == "grad", chunk_tokens=chunk_tokens)
+    return logp, ent.gather(1, logit_index)  # (N, T)

@@ -1,7 +1,11 @@
-"""The RL loop (ALGORITHM.md §3–5): sample trees -> advantages -> padded batch -> clipped loss.
+"""The RL loop (ALGORITHM.md §3–5): sample trees -> batch -> reference -> advantages -> loss.
 
 Shapes: ``P`` prompts per step (``train.prompts_per_step``), ``G`` trajectories per prompt,
-``N`` sequences in a batch (one per trajectory), ``T`` tokens (prompt + response, right-padded).
+``N`` rows in a batch, ``T`` tokens per row. With ``train.pack_trees`` (default) a row holds whole
+trees laid out once (``training.packing``); otherwise one right-padded row per trajectory
+(``training.batch``). Both give the same loss and gradient.
+The reference log-probs are computed once per step, before the advantages, and kept in the batch
+(the KL term of every PPO pass reads them).
 
 The trainer owns the policy, the frozen reference (only loaded when ``loss.beta_kl > 0`` or A_IB
 uses the reference policy's step probabilities, ``advantage.ib_prob = "ref"``; with LoRA,
@@ -30,14 +34,12 @@ import torch
 
 from ibtpo.config import Config
 from ibtpo.core.advantages import AdvParams, get_estimator
-from ibtpo.core.losses import policy_loss
 from ibtpo.data import load_task
 from ibtpo.metrics import MetricsLogger, tree_metrics
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
 from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
-from ibtpo.training import checkpoint as ckpt
-from ibtpo.training.batch import Batch, from_trees
+from ibtpo.training import batch as padded, checkpoint as ckpt, packing
 from ibtpo.training.distributed import Dist, rank_stream
 from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
 from ibtpo.training.logprobs import sequence_logprobs
@@ -105,44 +107,86 @@ class Trainer:
         problems = self.dist.share(self.task.train_batch(self.cfg.train.prompts_per_step,
                                                          self.problem_rng))
         trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng, self.generator)
-        if self.adv_params.ib_prob == "ref":
-            fill_ref_logprobs(self.ref_model, trees, self.policy.tokenizer.pad_token_id,
-                              self.cfg.sampling.temperature, self.cfg.train.micro_batch_size)
-        advantages, adv_metrics = self.estimator(trees, self.adv_params)
-        batch = from_trees(trees, advantages, self.policy.tokenizer.pad_token_id)
-        ckpt.fault_point("step:rollout", self.step + 1)
         t1 = time.perf_counter()
-        batch = batch.to(self.policy.device)
+        batch = self.make_batch(trees)
         if self.cfg.train.recompute_old_logprobs:
             batch = self.recompute_old_logprobs(batch)
+        self.reference_logprobs(batch)
+        if self.adv_params.ib_prob == "ref":
+            self.fill_step_ref_logprobs(batch, trees)
+        advantages, adv_metrics = self.estimator(trees, self.adv_params)
+        batch = self.assign_advantages(batch, trees, advantages)
+        ckpt.fault_point("step:rollout", self.step + 1)
         loss_metrics = self.update(batch)
         t2 = time.perf_counter()
         metrics = self.dist.reduce_metrics(
             {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
                                                self.adv_params.prob_norm),
              **adv_metrics, **loss_metrics, "rollout/reward_errors":
-             self.policy.reward_fn.take_errors(), "time/rollout_s": t1 - t0,
-             "time/train_s": t2 - t1, "time/step_s": t2 - t0},
-            {"prompts": len(trees), "traj": len(batch), "loss": self.loss_share})
+             self.policy.reward_fn.take_errors(), "train/batch_tokens": batch.num_tokens,
+             "train/trajectory_tokens": packing.trajectory_tokens(trees),
+             "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/step_s": t2 - t0},
+            {"prompts": len(trees), "traj": sum(len(t.leaves()) for t in trees),
+             "loss": self.loss_share})
         self.step += 1
         self.generated_tokens += int(metrics["rollout/generated_tokens"])
         return {**metrics, "train/step": self.step, "train/generated_tokens": self.generated_tokens,
                 "train/lr": self.scheduler.get_last_lr()[0]}
 
     @torch.no_grad()
-    def recompute_old_logprobs(self, batch: Batch) -> Batch:
+    def recompute_old_logprobs(self, batch):
         """The batch with its old log-probs from the training forward (micro-batch by micro-batch,
         as the update runs it), so the first ratio is 1 up to the kernels' determinism."""
         self.model.eval()
-        size, temp, parts = self.cfg.train.micro_batch_size, self.cfg.sampling.temperature, []
-        for i in range(0, len(batch), size):
-            mb = batch.slice(i, min(i + size, len(batch)))
-            logprobs, _ = sequence_logprobs(self.model, mb.input_ids, mb.attention_mask, temp,
-                                            entropy=None)
-            parts.append(logprobs * mb.response_mask)  # (n, T): 0 on prompt and padding
-        return dataclasses.replace(batch, old_logprobs=torch.cat(parts))
+        out = torch.zeros_like(batch.old_logprobs)  # (N, T): 0 on prompt and padding
+        for i, j in self.micro_batch_bounds(batch):
+            mb = batch.slice(i, j)
+            logprobs, _ = sequence_logprobs(self.model, entropy=None,
+                                            temperature=self.cfg.sampling.temperature,
+                                            **mb.model_inputs())
+            out[i:j, :logprobs.shape[1]] = logprobs * mb.trained_mask()
+        return dataclasses.replace(batch, old_logprobs=out)
 
-    def update(self, batch: Batch) -> dict:
+    def make_batch(self, trees):
+        """The step's token layout and old log-probs on the device (packed or padded rows)."""
+        pad, t = self.policy.tokenizer.pad_token_id, self.cfg.train
+        batch = (packing.pack_trees(trees, pad, t.pack_tokens) if t.pack_trees
+                 else padded.from_trees(trees, None, pad))
+        return batch.to(self.policy.device)
+
+    def assign_advantages(self, batch, trees, advantages):
+        """Per-token advantages (padded rows) or loss weights (packed trees) of the batch."""
+        module = packing if isinstance(batch, packing.PackedBatch) else padded
+        return module.assign_advantages(batch, trees, advantages, self.cfg.loss.agg_mode,
+                                        self.cfg.sampling.max_new_tokens)
+
+    def reference_logprobs(self, batch) -> None:
+        """Reference log-probs of every token (no gradient), once per step, into
+        ``batch.ref_logprobs``; nothing when there is no reference (``loss.beta_kl = 0``)."""
+        if self.ref_model is None:
+            return
+        out = torch.zeros(batch.input_ids.shape, device=batch.input_ids.device)  # (N, T)
+        for i, j in self.micro_batch_bounds(batch):
+            mb = batch.slice(i, j)
+            out[i:j, :mb.input_ids.shape[1]] = self.ref_forward(mb)
+        batch.ref_logprobs = out
+
+    def fill_step_ref_logprobs(self, batch, trees) -> None:
+        """``node.ref_logprobs`` of every step (A_IB with pi_ref, ``advantage.ib_prob = "ref"``):
+        from this step's reference forward when packed, else one more padded forward."""
+        if isinstance(batch, packing.PackedBatch):
+            for node, values in packing.node_values(batch, batch.ref_logprobs).items():
+                node.ref_logprobs = values.tolist()
+            return
+        fill_ref_logprobs(self.ref_model, trees, self.policy.tokenizer.pad_token_id,
+                          self.cfg.sampling.temperature, self.cfg.train.micro_batch_size)
+
+    def ref_forward(self, mb):
+        with torch.no_grad():
+            return sequence_logprobs(self.ref_model, temperature=self.cfg.sampling.temperature,
+                                     entropy=None, **mb.model_inputs())[0]
+
+    def update(self, batch) -> dict:
         """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches;
         an iteration with a non-finite loss or gradient is skipped (and the ones after it)."""
         self.model.train()
@@ -163,33 +207,35 @@ class Trainer:
         self.model.eval()
         return _mean_metrics(metrics)
 
-    def micro_batches(self, batch: Batch):
-        """Slices of at most ``train.micro_batch_size`` rows, each weighted by its share of the
-        aggregation's denominator over every rank, so accumulated (and all-reduced) gradients
-        equal the full global batch's."""
-        size, n, mode = self.cfg.train.micro_batch_size, len(batch), self.cfg.loss.agg_mode
-        local = _agg_count(batch.response_mask, mode)
+    def micro_batch_bounds(self, batch) -> list[tuple[int, int]]:
+        """Row ranges of at most ``train.micro_batch_size`` rows (padded) or
+        ``train.micro_batch_tokens`` tokens (packed; at least one row)."""
+        t, n = self.cfg.train, len(batch)
+        size = (max(1, t.micro_batch_tokens // max(1, batch.input_ids.shape[1]))
+                if isinstance(batch, packing.PackedBatch) else t.micro_batch_size)
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def micro_batches(self, batch):
+        """Micro-batches, each weighted by its share of the aggregation's denominator over every
+        rank, so accumulated (and all-reduced) gradients equal the full global batch's."""
+        mode = self.cfg.loss.agg_mode
+        local = batch.agg_count(mode)
         total = self.dist.global_sum(local).clamp(min=1)
         self.loss_share = float(local / total)
-        for i in range(0, n, size):
-            mb = batch.slice(i, min(i + size, n))
-            yield mb, _agg_count(mb.response_mask, mode) / total * self.dist.loss_scale()
+        for i, j in self.micro_batch_bounds(batch):
+            mb = batch.slice(i, j)
+            yield mb, mb.agg_count(mode) / total * self.dist.loss_scale()
 
-    def micro_step(self, mb: Batch):
-        temp = self.cfg.sampling.temperature
+    def micro_step(self, mb):
         entropy_mode = "grad" if self.cfg.loss.entropy_coef > 0 else "metric"
-        logprobs, entropy = sequence_logprobs(self.model, mb.input_ids, mb.attention_mask, temp,
-                                              entropy=entropy_mode)
-        ref_logprobs = None
-        if self.ref_model is not None:
-            with torch.no_grad():
-                ref_logprobs, _ = sequence_logprobs(self.ref_model, mb.input_ids,
-                                                    mb.attention_mask, temp, entropy=None)
+        logprobs, entropy = sequence_logprobs(self.model, temperature=self.cfg.sampling.temperature,
+                                              entropy=entropy_mode, **mb.model_inputs())
+        if mb.ref_logprobs is None and self.ref_model is not None:
+            mb.ref_logprobs = self.ref_forward(mb)
         lc = self.cfg.loss
-        return policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.response_mask,
-                           eps_low=lc.eps_low, eps_high=lc.eps_high, ref_logprobs=ref_logprobs,
-                           beta_kl=lc.beta_kl, entropy=entropy, entropy_coef=lc.entropy_coef,
-                           agg_mode=lc.agg_mode, max_response_len=self.cfg.sampling.max_new_tokens)
+        return mb.loss(logprobs, entropy, eps_low=lc.eps_low, eps_high=lc.eps_high,
+                       beta_kl=lc.beta_kl, entropy_coef=lc.entropy_coef, agg_mode=lc.agg_mode,
+                       max_response_len=self.cfg.sampling.max_new_tokens)
 
     def clip_and_step(self, finite_loss: bool) -> tuple[torch.Tensor, bool]:
         """Clip and step, unless the loss or the gradient norm is non-finite on any rank; returns
@@ -382,13 +428,7 @@ class Trainer:
                              purge_step=self.step + 1 if self.step else 0)
 
 
-def _agg_count(response_mask: torch.Tensor, agg_mode: str) -> torch.Tensor:
-    """What ``agg_mode`` averages over: trained tokens, rows with a trained token, or rows."""
-    if agg_mode == "token-mean":
-        return response_mask.sum()
-    if agg_mode == "seq-mean-token-mean":
-        return (response_mask.sum(-1) > 0).sum()
-    return torch.tensor(response_mask.shape[0])
+_agg_count = padded.agg_count  # what ``agg_mode`` averages over (tests import it from here)
 
 
 class _NullLogger:
