@@ -77,6 +77,11 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
+        self.train_forward, self.ref_forward_model = self.model, self.ref_model
+        if cfg.train.compile:  # the engine keeps the eager model (decoding gains nothing)
+            self.train_forward = torch.compile(self.model, dynamic=True)
+            self.ref_forward_model = (torch.compile(self.ref_model, dynamic=True)
+                                      if self.ref_model is not None else None)
         warmup = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
@@ -182,9 +187,15 @@ class Trainer:
                           self.cfg.sampling.temperature, self.cfg.train.micro_batch_size)
 
     def ref_forward(self, mb):
-        with torch.no_grad():
-            return sequence_logprobs(self.ref_model, temperature=self.cfg.sampling.temperature,
-                                     entropy=None, **mb.model_inputs())[0]
+        with torch.no_grad(), self.autocast():
+            return sequence_logprobs(self.ref_forward_model,
+                                     temperature=self.cfg.sampling.temperature, entropy=None,
+                                     **mb.model_inputs())[0]
+
+    def autocast(self):
+        """bf16 autocast of the training forwards when ``train.autocast = bf16``."""
+        return torch.autocast(self.policy.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.train.autocast == "bf16")
 
     def update(self, batch) -> dict:
         """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches;
@@ -228,8 +239,10 @@ class Trainer:
 
     def micro_step(self, mb):
         entropy_mode = "grad" if self.cfg.loss.entropy_coef > 0 else "metric"
-        logprobs, entropy = sequence_logprobs(self.model, temperature=self.cfg.sampling.temperature,
-                                              entropy=entropy_mode, **mb.model_inputs())
+        with self.autocast():
+            logprobs, entropy = sequence_logprobs(self.train_forward, entropy=entropy_mode,
+                                                  temperature=self.cfg.sampling.temperature,
+                                                  **mb.model_inputs())
         if mb.ref_logprobs is None and self.ref_model is not None:
             mb.ref_logprobs = self.ref_forward(mb)
         lc = self.cfg.loss
