@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from ibtpo.config import load_config
+from ibtpo.config import load_config, resolve_config_path
 from ibtpo.core.advantages import AdvParams, get_estimator
 from ibtpo.core.tree import add_step, attach_response, new_tree
 from ibtpo.training import batch as padded
@@ -252,3 +252,21 @@ def test_agg_mode_mismatch_is_an_error(char_tokenizer):
         batch.agg_count("seq-mean-token-mean")
     with pytest.raises(ValueError, match="max_response_len"):
         assign_advantages(pack_trees(trees, PAD), trees, adv, "seq-mean-token-sum-norm")
+
+
+@pytest.mark.parametrize("name", ["grpo", "ibtpo"])
+def test_first_pass_ratio_is_one_on_sampled_trees(tmp_path, name):
+    """The engine's sampled log-probs equal the packed training forward's: ratio 1 within 1e-3
+    (measured max |ratio - 1| ~1e-6 in fp32)."""
+    cfg = load_config([resolve_config_path(name)], [
+        "train.init=tiny-test", "train.prompts_per_step=3", "sampling.max_new_tokens=16",
+        "train.tensorboard=false", f"train.out_dir={tmp_path}", "task.eval_size=4", "eval.size=4"])
+    trainer = Trainer(cfg, progress=False)
+    problems = trainer.task.train_batch(3, trainer.rng)
+    trees, _ = trainer.policy.grow_trees(cfg, problems, trainer.rng, trainer.generator)
+    batch = trainer.make_batch(trees)
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(trainer.model, entropy=None, **batch.model_inputs())
+    trained = batch.token_node >= 0
+    ratio = torch.exp(logp - batch.old_logprobs)[trained]
+    assert trained.sum() > 50 and (ratio - 1).abs().max() < 1e-3
