@@ -29,12 +29,13 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.data import load_task
-from ibtpo.models import encode_prompt, load_model
+from ibtpo.models import encode_prompt, load_model, save_checkpoint
 from ibtpo.training.trainer import Trainer
 
 
@@ -96,7 +97,8 @@ def trl_args(cfg, out: str, steps: int, bf16: bool):
         beta=lc.beta_kl, epsilon=lc.eps_low, epsilon_high=lc.eps_high, loss_type="grpo",
         scale_rewards="group", num_iterations=t.num_iterations, bf16=bf16, use_cpu=True,
         report_to="none", save_strategy="no", logging_steps=1, seed=t.seed,
-        dataloader_num_workers=0, disable_tqdm=True, log_completions=False)
+        dataloader_num_workers=0, disable_tqdm=True, log_completions=False,
+        model_init_kwargs={"dtype": cfg.model.dtype})
 
 
 class Alternate:
@@ -160,6 +162,7 @@ def main(argv=None) -> None:
         args.steps, args.warmup = 3, 1
     try:
         from datasets import Dataset
+        from transformers import PrinterCallback
         from trl import GRPOTrainer
     except ImportError:
         sys.exit("vs_trl: TRL is not installed: .venv/bin/pip install -c constraints.txt -e '.[trl]'")
@@ -171,12 +174,17 @@ def main(argv=None) -> None:
         problems = task.train_batch(steps * cfg.train.prompts_per_step, random.Random(1))
         data = Dataset.from_list([{"prompt": p.prompt, **p.columns()} for p in problems])
         model, tokenizer = load_model(cfg.train.init, "cpu", cfg.model.dtype)
+        path = Path(cfg.train.init)
+        if not path.is_dir():  # a preset: TRL loads its policy and reference from a directory
+            path = Path(out) / "init"
+            save_checkpoint(model, tokenizer, path, {})
         tokenizer = trl_tokenizer(tokenizer, [p.prompt for p in problems[:8]])
         alt = Alternate(ibtpo, args.warmup, cfg.train.prompts_per_step * cfg.rollout.b0)
-        trl = GRPOTrainer(model=model, reward_funcs=ibtpo.policy.reward_fn,
+        trl = GRPOTrainer(model=str(path), reward_funcs=ibtpo.policy.reward_fn,
                           args=trl_args(cfg, out, steps, args.bf16), train_dataset=data,
                           processing_class=tokenizer, callbacks=[alt.callback])
         alt.wrap_generation(trl)
+        trl.remove_callback(PrinterCallback)  # TRL's per-step log dicts; the table says it all
         print(f"model {cfg.train.init}  prompts/step {cfg.train.prompts_per_step}  G "
               f"{cfg.rollout.b0}  max_new_tokens {cfg.sampling.max_new_tokens}  lr {cfg.train.lr}"
               f"  beta_kl {cfg.loss.beta_kl}  precision {'bf16' if args.bf16 else 'fp32'}  "

@@ -18,6 +18,7 @@ from ibtpo.training.packing import (
     pack_trees,
     trajectory_tokens,
     tree_attention_mask,
+    tree_mask_mod,
 )
 from ibtpo.training.trainer import Trainer
 
@@ -58,6 +59,15 @@ def test_mask_by_hand():
     assert mask[5].tolist() == [True, True, True, True, False, True, False, False]
     # d (index 7) sees the prompt and itself only
     assert mask[7].tolist() == [True, True, False, False, False, False, False, True]
+
+
+def test_flex_mask_mod_equals_the_boolean_mask():
+    from torch.nn.attention.flex_attention import create_mask
+
+    b = pack_trees([hand_tree(), hand_tree(), hand_tree()], PAD, pack_tokens=16)
+    r, length = b.span_end.shape
+    dense = create_mask(tree_mask_mod(b.span_end), r, None, length, length, device="cpu")
+    assert torch.equal(dense, tree_attention_mask(b.span_end))
 
 
 def test_assign_rows_first_fit_decreasing():

@@ -186,7 +186,7 @@ class TrainConfig:
     pack_trees: bool = F(True, "train on packed trees: each tree's prompt and steps run once, "
                          "attention restricted to ancestors (same loss and gradient as one "
                          "padded row per trajectory, fewer tokens)")
-    pack_tokens: int = F(1024, "packed rows hold whole trees up to this many tokens (a larger "
+    pack_tokens: int = F(512, "packed rows hold whole trees up to this many tokens (a larger "
                          "tree gets a row of its own); attention costs grow with its square",
                          min=1)
     micro_batch_tokens: int = F(16384, "token positions per forward/backward with pack_trees "

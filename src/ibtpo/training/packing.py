@@ -139,17 +139,22 @@ def tree_attention_mask(span_end: torch.Tensor) -> torch.Tensor:
     return (causal[None] & (ar[None, :, None] < span_end[:, None, :]))[:, None]
 
 
-def tree_block_mask(span_end: torch.Tensor):
-    """The same mask as a FlexAttention `BlockMask` (skips fully masked blocks; CUDA training:
-    torch has no FlexAttention backward on CPU). Needs a model with `attn_implementation=
-    "flex_attention"`."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+def tree_mask_mod(span_end: torch.Tensor):
+    """The same mask as a FlexAttention `mask_mod(b, h, q, k)`."""
     def visible(b, h, q, k):
         return (k <= q) & (q < span_end[b, k])
+    return visible
+
+
+def tree_block_mask(span_end: torch.Tensor):
+    """The same mask as a FlexAttention `BlockMask`, which skips fully masked blocks (rows of many
+    trees, long trees). For CUDA: torch has no FlexAttention backward on CPU. Needs a model with
+    `attn_implementation="flex_attention"`."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
     r, length = span_end.shape
-    return create_block_mask(visible, r, None, length, length, device=span_end.device)
+    return create_block_mask(tree_mask_mod(span_end), r, None, length, length,
+                             device=span_end.device)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -210,7 +215,7 @@ def _pad(rows: list[list], value, width: int, dtype) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)  # (R, L)
 
 
-def pack_trees(trees: list[Tree], pad_token_id: int, pack_tokens: int = 1024) -> PackedBatch:
+def pack_trees(trees: list[Tree], pad_token_id: int, pack_tokens: int = 512) -> PackedBatch:
     """Lay every tree out once and pack them into rows of at most `pack_tokens` tokens.
 
     The loss weights are zero until `assign_advantages` (so the reference forward can run first).
