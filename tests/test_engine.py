@@ -55,6 +55,26 @@ def test_extend_from_cached_prefix_equals_full_forward(model):
                 torch.testing.assert_close(logits[k], ref, atol=1e-5, rtol=0)
 
 
+def test_identical_prefixes_run_once_and_decode_apart(model):
+    """Prefixes 0, 1, 0, 1: the prefill forward sees 2 rows; each of the 4 then decodes its own
+    token and gets the logits of a full forward of its own sequence."""
+    prefixes = [PREFIXES[0], PREFIXES[1], PREFIXES[0], PREFIXES[1]]
+    seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    try:
+        with torch.no_grad():
+            logits, state = prefill(model, prefixes, PAD)
+            fed = torch.tensor([12, 13, 14, 15])
+            after = extend(model, state, fed)
+    finally:
+        hook.remove()
+    assert seen[0] == (2, 7) and state.next_pos.tolist() == [8, 3, 8, 3]  # after one token
+    for i, p in enumerate(prefixes):
+        torch.testing.assert_close(logits[i], full_logits(model, p)[-1], atol=1e-5, rtol=0)
+        ref = full_logits(model, p + [int(fed[i])])[-1]
+        torch.testing.assert_close(after[i], ref, atol=1e-5, rtol=0)
+
+
 def test_position_ids_start_at_first_real_token(model):
     _, state = prefill(model, PREFIXES, PAD)
     assert state.next_pos.tolist() == [7, 2, 5, 1]

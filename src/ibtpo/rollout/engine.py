@@ -162,15 +162,29 @@ def prefill(model, prefixes: list[list[int]], pad_token_id: int,
     """Run the prefixes through the model; return next-token logits (N, V) and the decode state.
 
     `max_new_tokens` sizes the cache (it still grows past it if more tokens are fed).
+    Identical prefixes (a prompt sampled G times) are run once and their cache rows copied.
     """
     device = next(model.parameters()).device
-    ids, mask = left_pad(prefixes, pad_token_id, device)  # (N, T)
+    unique, inverse = unique_prefixes(prefixes)
+    ids, mask = left_pad(unique, pad_token_id, device)  # (U, T)
     cache = make_cache(model, ids.shape[1] + max(max_new_tokens, 1))
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1]  # (U, V)
+    if len(unique) < len(prefixes):
+        index = torch.tensor(inverse, device=device)  # (N,)
+        cache.batch_select_indices(index)
+        mask, logits = mask[index], logits[index]  # (N, T), (N, V)
     state = DecodeState(cache=cache, attention_mask=mask, next_pos=mask.sum(-1),
                         rows=torch.arange(len(prefixes), device=device))
-    return out.logits[:, -1], state  # (N, V)
+    return logits, state  # (N, V)
+
+
+def unique_prefixes(prefixes: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """(distinct prefixes in first-seen order, index of each prefix among them)."""
+    first: dict[tuple, int] = {}
+    inverse = [first.setdefault(tuple(p), len(first)) for p in prefixes]
+    return [list(p) for p in first], inverse
 
 
 def decode_attention(device: torch.device):
