@@ -89,7 +89,7 @@ def train_pass(trainer: Trainer, batch) -> None:
 
 
 def measure_step(trainer: Trainer) -> dict:
-    problems = trainer.task.train_batch(trainer.cfg.train.prompts_per_step, trainer.rng)
+    problems = trainer.task.train_batch(trainer.cfg.train.prompts_per_step, trainer.problem_rng)
     state = (trainer.rng.getstate(), trainer.generator.get_state())
     trees, m = grow(trainer, problems, state)
     gen_flops = counted(lambda: grow(trainer, problems, state))

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
             extra += [f"train.init={args.model}"] if args.model else []
             trainer = Trainer(load_config([resolve_config_path(name)], extra + args.set),
                               progress=False)
-            problems = trainer.task.train_batch(args.prompts, trainer.rng)
+            problems = trainer.task.train_batch(args.prompts, trainer.problem_rng)
             trees, _ = trainer.policy.grow_trees(trainer.cfg, problems, trainer.rng,
                                                  trainer.generator)
             base, times = trainer.cfg, {k: [] for k in LAYOUTS}

@@ -272,7 +272,7 @@ def test_first_pass_ratio_is_one_on_sampled_trees(tmp_path, name):
         "train.init=tiny-test", "train.prompts_per_step=3", "sampling.max_new_tokens=16",
         "train.tensorboard=false", f"train.out_dir={tmp_path}", "task.eval_size=4", "eval.size=4"])
     trainer = Trainer(cfg, progress=False)
-    problems = trainer.task.train_batch(3, trainer.rng)
+    problems = trainer.task.train_batch(3, trainer.problem_rng)
     trees, _ = trainer.policy.grow_trees(cfg, problems, trainer.rng, trainer.generator)
     batch = trainer.make_batch(trees)
     with torch.no_grad():
@@ -280,3 +280,24 @@ def test_first_pass_ratio_is_one_on_sampled_trees(tmp_path, name):
     trained = batch.token_node >= 0
     ratio = torch.exp(logp - batch.old_logprobs)[trained]
     assert trained.sum() > 50 and (ratio - 1).abs().max() < 1e-3
+
+
+def test_step_ref_logprobs_come_from_the_packed_reference_forward(char_tokenizer, tmp_path):
+    """A_IB with pi_ref (advantage.ib_prob=ref) reads the step's reference forward over the packed
+    trees; it equals the padded per-trajectory forward of `training.reference`."""
+    from ibtpo.training.reference import fill_ref_logprobs
+
+    trees = random_trees(char_tokenizer, seed=7)
+    trainer = make_trainer(tmp_path, "token-mean", "ibtpo")
+    batch = trainer.make_batch(trees)
+    trainer.reference_logprobs(batch)
+    trainer.fill_step_ref_logprobs(batch, trees)
+    steps = [n for t in trees for n in t.nodes() if n.parent is not None]
+    packed = [list(n.ref_logprobs) for n in steps]
+    for n in steps:
+        n.ref_logprobs = None
+    fill_ref_logprobs(trainer.ref_model, trees, PAD, 1.0, 64)
+    for n, got in zip(steps, packed):
+        assert len(got) == len(n.token_ids)
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(n.ref_logprobs), atol=1e-5,
+                                   rtol=0)
