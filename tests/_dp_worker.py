@@ -5,9 +5,9 @@
 
 Part 1: three training steps on trees that do not depend on the number of processes (each
 prompt's tree is grown alone with a generator seeded by the prompt's text), one step per loss
-aggregation mode, with micro-batches of 3 rows in steps 2 and 3 (so ranks run different numbers
-of micro-batches); after each step rank 0 saves the all-reduced gradients, the weights and the
-metrics to OUT/steps.pt, and every rank writes how many prompts it grew to OUT/rank-R.json.
+aggregation mode, with micro-batches of 3 rows in steps 2 and 3 (packed trees: one tree each; so
+ranks run different numbers of micro-batches); after each step rank 0 saves the all-reduced
+gradients, the weights and the metrics to OUT/steps.pt, and every rank writes how many prompts it grew to OUT/rank-R.json.
 Part 2 (under accelerate only, flag --loop): the real loop with sampling: 2 steps with a checkpoint
 at each, then a resume to step 3, in OUT/loop.
 """
@@ -27,7 +27,8 @@ from ibtpo.training.trainer import Trainer
 
 SETTINGS = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "eval.size=4", "eval.k=1",
             "sampling.max_new_tokens=16", "train.tensorboard=false", "train.eval_every=0",
-            "train.prompts_per_step=4", "rollout.b0=2", "rollout.rounds=3", "train.lr=1e-3"]
+            "train.prompts_per_step=4", "rollout.b0=2", "rollout.rounds=3", "train.lr=1e-3",
+            "train.pack_tokens=1"]  # packed trees, one per row: a row is the same on any rank
 MODES = [("seq-mean-token-mean", 64), ("token-mean", 3), ("seq-mean-token-sum-norm", 3)]
 
 
@@ -57,6 +58,7 @@ def fixed_tree_steps(out: Path, init: str) -> None:
     results = []
     for mode, micro in MODES:
         trainer.cfg.loss.agg_mode, trainer.cfg.train.micro_batch_size = mode, micro
+        trainer.cfg.train.micro_batch_tokens = micro * 40  # 3: one tree per micro-batch
         metrics = trainer.train_step()
         model = trainer.dist.unwrap(trainer.model)
         results.append({"grads": [p.grad.detach().clone() for p in model.parameters()],
