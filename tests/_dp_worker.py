@@ -7,7 +7,8 @@ Part 1: three training steps on trees that do not depend on the number of proces
 prompt's tree is grown alone with a generator seeded by the prompt's text), one step per loss
 aggregation mode, with micro-batches of 3 rows in steps 2 and 3 (packed trees: one tree each; so
 ranks run different numbers of micro-batches); after each step rank 0 saves the all-reduced
-gradients, the weights and the metrics to OUT/steps.pt, and every rank writes how many prompts it grew to OUT/rank-R.json.
+gradients, the weights and the metrics to OUT/steps.pt, and every rank writes how many prompts it
+grew to OUT/rank-R.json.
 Part 2 (under accelerate only, flag --loop): the real loop with sampling: 2 steps with a checkpoint
 at each, then a resume to step 3, in OUT/loop.
 """
