@@ -42,11 +42,13 @@ from ibtpo.training.trainer import Trainer
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="checkpoint dir (default: the config's train.init)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint dir (default: the config's train.init)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
-    p.add_argument("--quick", action="store_true", help="4 prompts x 4, 3 timed steps (a smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help="4 prompts x 4, 3 timed steps (a smoke run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="ibtpo config override, also applied to TRL's matching settings")
     return p.parse_args(argv)
@@ -165,7 +167,8 @@ def main(argv=None) -> None:
         from transformers import PrinterCallback
         from trl import GRPOTrainer
     except ImportError:
-        sys.exit("vs_trl: TRL is not installed: .venv/bin/pip install -c constraints.txt -e '.[trl]'")
+        sys.exit("vs_trl: TRL is not installed: "
+                 ".venv/bin/pip install -c constraints.txt -e '.[trl]'")
     with tempfile.TemporaryDirectory() as out:
         cfg = ibtpo_config(args, out)
         ibtpo = Trainer(cfg, progress=False)

@@ -43,7 +43,8 @@ def hand_tree():
 def test_layout_by_hand():
     lay = layout_tree(hand_tree())
     assert lay.ids == [1, 2, 5, 6, 7, 8, 9, 4]
-    # positions: a continues the prompt (2, 3); b and c both follow a (4; 4, 5); d follows the prompt
+    # positions: a continues the prompt (2, 3); b and c both follow a (4; 4, 5); d follows the
+    # prompt (2)
     assert lay.position_ids == [0, 1, 2, 3, 4, 4, 5, 2]
     # subtree ends: prompt -> 8 (whole tree); a's subtree = a, b, c -> 7; b -> 5; c -> 7; d -> 8
     assert lay.span_end == [8, 8, 7, 7, 5, 7, 7, 8]
@@ -106,7 +107,8 @@ def random_trees(tok, seed: int, n_trees: int = 4, merge: bool = True):
             node = candidates[rng.randrange(len(candidates))] if rng.random() < 0.6 else tree.root
             first = steps[0] if i < 2 else ""  # the first two responses share (merge) a step
             node = tree.root if i < 2 else node
-            text = first + "".join(rng.choice(steps) for _ in range(rng.randint(0, 2))) + rng.choice(ends)
+            middle = "".join(rng.choice(steps) for _ in range(rng.randint(0, 2)))
+            text = first + middle + rng.choice(ends)
             ids = char_ids(tok, text) + [tok.eos_token_id]
             lps = [-rng.uniform(3.6, 5.6) for _ in ids]  # the model gives ~ -4.6 = log(1/104)
             leaf = attach_response(tree, node, ids, lps, [1.0] * len(ids), "eos", decode,

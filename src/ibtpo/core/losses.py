@@ -141,7 +141,8 @@ def weighted_policy_loss(logprobs: Tensor, old_logprobs: Tensor, weights: dict[s
     and `count`, `count_pos`, `count_neg` (sequences through the token; with A > 0; with A < 0).
     With g+(rho) = -min(rho, clip(rho)) and g-(rho) = max(rho, clip(rho)), a sequence's clipped
     term is A g+ for A >= 0 and |A| g- for A < 0, so
-        pg = sum(pos_weight g+ + neg_weight g-) / denominator,   kl, entropy: sum(weight x) / denominator
+        pg = sum(pos_weight g+ + neg_weight g-) / denominator
+        kl, entropy: sum(weight x) / denominator
     equal the aggregated unpacked terms exactly. Metrics as `policy_loss`'s, with tokens counted
     once per sequence through them.
     """

@@ -29,7 +29,8 @@ sum_i sum_{t in i} w_i f(rho_t, A_it) / D with w_i = 1 (token-mean), 1 / n_i
 (seq-mean-token-mean; n_i = response tokens of trajectory i) or 1 / max_response_len
 (seq-mean-token-sum-norm), and D = trained tokens, trajectories with a token, or trajectories.
 Grouped per packed token u (the trajectories i through u share its rho, KL and entropy):
-    weight(u) = sum_i w_i,  pos_weight(u) = sum_i w_i max(A_iu, 0),  neg_weight(u) = sum_i w_i max(-A_iu, 0)
+    weight(u) = sum_i w_i,  pos_weight(u) = sum_i w_i max(A_iu, 0),
+    neg_weight(u) = sum_i w_i max(-A_iu, 0)
 The clipped surrogate is A g+(rho) for A >= 0 and |A| g-(rho) for A < 0, so
 sum_i w_i pg(rho, A_iu) = pos_weight g+(rho) + neg_weight g-(rho) exactly, also where the
 trajectories through a token carry different advantages (GRPO's advantage on a branched tree, merged
