@@ -114,6 +114,8 @@ def random_trees(tok, seed: int, n_trees: int = 4, merge: bool = True):
             leaf = attach_response(tree, node, ids, lps, [1.0] * len(ids), "eos", decode,
                                    merge_identical_steps=merge)
             leaf.reward = float(rng.random() < 0.5)
+        if p == 0:  # an empty response (a leaf with no tokens) counts as a trajectory too
+            attach_response(tree, tree.root, [], [], [], "length", decode).reward = 0.0
         trees.append(tree)
     return trees
 
@@ -223,7 +225,7 @@ def test_packed_logits_equal_unpacked(char_tokenizer, tiny_model):
             t = len(tree.prompt_ids)
             for step in [n for n in _path(leaf)]:
                 e = batch.nodes.index(step)
-                for r, c in where[e]:
+                for r, c in where.get(e, []):  # an empty step has no position
                     torch.testing.assert_close(logits[r, c], full[t], atol=1e-5, rtol=0)
                     t += 1
                     checked += 1
