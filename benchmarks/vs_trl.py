@@ -9,7 +9,9 @@ G (`rollout.b0` of the grpo config), generation length (`sampling.max_new_tokens
 learning rate and warm-up, AdamW settings, gradient clipping, clip range, KL coefficient
 (`loss.beta_kl`, so both keep a reference model), loss aggregation (ibtpo's `seq-mean-token-mean`
 is TRL's `loss_type="grpo"`), reward function and precision (`--bf16`: TRL's `bf16=True`, ibtpo's
-`train.autocast=bf16`). Prompts come from the config's task; each side draws its own.
+`train.autocast=bf16`). Prompts come from the config's task; each side draws its own. One
+difference remains: TRL's linear warm-up starts at lr 0 (step i gets i / warmup), ibtpo's at
+lr / warmup ((i + 1) / warmup).
 
 Alternation: the ibtpo step runs inside TRL's `on_step_end` callback, so every TRL step is followed
 by one ibtpo step in the same process and threads (machine drift hits both sides alike). A TRL step
