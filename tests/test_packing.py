@@ -273,7 +273,7 @@ def test_first_pass_ratio_is_one_on_sampled_trees(tmp_path, name):
     """The engine's sampled log-probs equal the packed training forward's: ratio 1 within 1e-3
     (measured max |ratio - 1| ~1e-6 in fp32)."""
     cfg = load_config([resolve_config_path(name)], [
-        "train.init=tiny-test", "train.prompts_per_step=3", "sampling.max_new_tokens=16",
+        "train.init=nano", "train.prompts_per_step=3", "sampling.max_new_tokens=16",
         "train.tensorboard=false", f"train.out_dir={tmp_path}", "task.eval_size=4", "eval.size=4"])
     trainer = Trainer(cfg, progress=False)
     problems = trainer.task.train_batch(3, trainer.problem_rng)
@@ -305,3 +305,14 @@ def test_step_ref_logprobs_come_from_the_packed_reference_forward(char_tokenizer
         assert len(got) == len(n.token_ids)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(n.ref_logprobs), atol=1e-5,
                                    rtol=0)
+
+
+def test_bf16_autocast_with_recomputed_old_logprobs_starts_at_ratio_one(tmp_path):
+    """bf16 autocast moves the first ratio off 1 (~1e-3 measured) when the old log-probs come from
+    the fp32 sampler; recomputed with the same (packed, bf16) training forward it is 1."""
+    cfg = load_config([resolve_config_path("ibtpo")], [
+        "train.init=nano", "train.prompts_per_step=3", "sampling.max_new_tokens=16",
+        "train.tensorboard=false", f"train.out_dir={tmp_path}", "task.eval_size=4", "eval.size=4",
+        "train.autocast=bf16", "train.recompute_old_logprobs=true"])
+    metrics = Trainer(cfg, progress=False).train_step()
+    assert abs(metrics["loss/ratio_mean"] - 1.0) < 1e-6 and metrics["loss/clipfrac"] == 0.0

@@ -146,9 +146,10 @@ class Trainer:
         out = torch.zeros_like(batch.old_logprobs)  # (N, T): 0 on prompt and padding
         for i, j in self.micro_batch_bounds(batch):
             mb = batch.slice(i, j)
-            logprobs, _ = sequence_logprobs(self.model, entropy=None,
-                                            temperature=self.cfg.sampling.temperature,
-                                            **mb.model_inputs())
+            with self.autocast():  # the training forward's precision: the first ratio is 1
+                logprobs, _ = sequence_logprobs(self.train_forward, entropy=None,
+                                                temperature=self.cfg.sampling.temperature,
+                                                **mb.model_inputs())
             out[i:j, :logprobs.shape[1]] = logprobs * mb.trained_mask()
         return dataclasses.replace(batch, old_logprobs=out)
 
