@@ -85,7 +85,12 @@ def test_pack_trees_rows_and_padding():
     assert b.span_end[1, 8:].tolist() == list(range(9, 17))  # padding sees itself only
     assert b.span_end[0, 8:].tolist() == [16, 16, 15, 15, 13, 15, 15, 16]  # offset by 8
     assert b.num_tokens == 32 and trajectory_tokens(trees) == 3 * (5 + 6 + 3)
-    assert len(b.nodes) == 12 and sorted(b.tree_rows) == [0, 0, 1]
+    assert len(b.nodes) == 12 and sorted(tree_rows(b)) == [0, 0, 1]
+
+
+def tree_rows(batch):
+    """The row of each tree (of its first trajectory)."""
+    return [tree[0][0] for tree in batch.trajectories]
 
 
 def char_ids(tok, text):
@@ -152,9 +157,13 @@ def loss_and_grad(trainer, trees, advantages):
     return total, grad, n_micro, batch
 
 
+@pytest.mark.parametrize("unroll", ["never", "always"])
 @pytest.mark.parametrize("estimator", ["grpo", "ibtpo"])
 @pytest.mark.parametrize("agg_mode", AGG_MODES)
-def test_packed_loss_and_gradient_equal_unpacked(char_tokenizer, tmp_path, estimator, agg_mode):
+def test_packed_loss_and_gradient_equal_unpacked(char_tokenizer, tmp_path, estimator, agg_mode,
+                                                 unroll):
+    """Packed trees (`unroll=never`) and trees unrolled into one chain per trajectory, several
+    per row (`always`), against one padded row per trajectory."""
     trees = random_trees(char_tokenizer, seed=AGG_MODES.index(agg_mode))
     assert any(n.count > 1 for t in trees for n in t.nodes())  # merged siblings occur
     advantages, _ = get_estimator(estimator)(trees, AdvParams())
@@ -163,11 +172,14 @@ def test_packed_loss_and_gradient_equal_unpacked(char_tokenizer, tmp_path, estim
     limit = sizes[-1] + sizes[-2]
     unpacked = make_trainer(tmp_path, agg_mode, estimator, pack_trees="false", micro_batch_size=4)
     packed = make_trainer(tmp_path, agg_mode, estimator, pack_trees="true", pack_tokens=limit,
-                          micro_batch_tokens=limit)
+                          micro_batch_tokens=limit, pack_unroll=unroll)
     loss_u, grad_u, micro_u, _ = loss_and_grad(unpacked, trees, advantages)
     loss_p, grad_p, micro_p, batch = loss_and_grad(packed, trees, advantages)
     assert micro_u > 1 and micro_p > 1  # micro-batches on both sides
-    assert batch.tree_rows.count(0) > 1  # several trees in a row
+    if unroll == "never":
+        assert tree_rows(batch).count(0) > 1  # several trees in a row
+    else:
+        assert len(batch.nodes) > sum(len(t.nodes()) - 1 for t in trees)  # shared steps repeat
     assert abs(loss_p - loss_u) < 1e-5, (loss_p, loss_u)
     torch.testing.assert_close(grad_p, grad_u, atol=1e-5, rtol=1e-4)
     assert grad_u.abs().max() > 1e-3  # a gradient that could have differed
@@ -316,3 +328,24 @@ def test_bf16_autocast_with_recomputed_old_logprobs_starts_at_ratio_one(tmp_path
         "train.autocast=bf16", "train.recompute_old_logprobs=true"])
     metrics = Trainer(cfg, progress=False).train_step()
     assert abs(metrics["loss/ratio_mean"] - 1.0) < 1e-6 and metrics["loss/clipfrac"] == 0.0
+
+
+def test_unroll_pays_for_long_independent_responses_on_a_narrow_model():
+    """A prompt of 2 tokens and 8 responses of 100 (a GRPO group): packed, one row of 802 tokens;
+    unrolled, 8 rows of 102. With a token worth 384 pairs (hidden size 128): 802 + 802^2 / 384
+    = 2477 > 8 * (102 + 102^2 / 384) = 1033, so unroll."""
+    from ibtpo.training.packing import unroll_pays
+
+    group = new_tree([1, 2])
+    for _ in range(8):
+        add_step(group, group.root, [5] * 100, [-1.0] * 100, [1.0] * 100, terminal=True,
+                 stop_reason="length", reward=0.0)
+    assert unroll_pays(group, 384.0) and not unroll_pays(group, None)
+    # a chain shared by 8 branches of 10: packed 2 + 100 + 80 = 182 tokens, unrolled 8 x 112
+    tree = new_tree([1, 2])
+    trunk = add_step(tree, tree.root, [5] * 100, [-1.0] * 100, [1.0] * 100)
+    for _ in range(8):
+        add_step(tree, trunk, [6] * 10, [-1.0] * 10, [1.0] * 10, terminal=True,
+                 stop_reason="length", reward=0.0)
+    # 182 + 182^2 / 384 = 268 < 8 * (112 + 112^2 / 384) = 1157: keep it packed
+    assert not unroll_pays(tree, 384.0)

@@ -186,9 +186,14 @@ class TrainConfig:
     pack_trees: bool = F(True, "train on packed trees: each tree's prompt and steps run once, "
                          "attention restricted to ancestors (same loss and gradient as one "
                          "padded row per trajectory, fewer tokens)")
-    pack_tokens: int = F(512, "packed rows hold whole trees up to this many tokens (a larger "
-                         "tree gets a row of its own); attention costs grow with its square",
-                         min=1)
+    pack_tokens: int = F(0, "packed rows hold whole trees up to this many tokens (a larger "
+                         "tree gets a row of its own; dense attention costs grow with the row's "
+                         "square); 0 = the model's hidden size, which keeps attention under a "
+                         "third of the linear layers' work", min=0)
+    pack_unroll: str = F("auto", "lay a tree out as one row per trajectory instead: 'auto' when "
+                         "that costs less (a token = 3 x hidden size (query, key) pairs: a GRPO "
+                         "group of long responses on a narrow model), 'never', 'always'",
+                         choices=("auto", "never", "always"))
     micro_batch_tokens: int = F(16384, "token positions per forward/backward with pack_trees "
                                 "(rows x row length; at least one row)", min=1)
     autocast: str = F("off", "training forwards (policy, reference) under autocast: 'off' "

@@ -74,7 +74,9 @@ class PackedBatch:
     row_denominator: torch.Tensor  # (R,) float, the row's share of the aggregation denominator
     ref_logprobs: torch.Tensor | None = None  # (R, L) float, set by the trainer's reference step
     nodes: list[Node] = field(default_factory=list)  # step nodes in `token_node` order
-    tree_rows: list[int] = field(default_factory=list)  # row of each tree
+    # per tree, per trajectory: (row, indices into `nodes` of its steps); a node appears once in a
+    # packed tree, once per trajectory through it in an unrolled one
+    trajectories: list[list[tuple[int, list[int]]]] = field(default_factory=list)
     agg_mode: str | None = None  # the aggregation the weights were computed for
 
     def __len__(self) -> int:
@@ -174,11 +176,13 @@ class TreeLayout:
     nodes: list[Node]  # step nodes in pre-order
 
 
-def layout_tree(tree: Tree) -> TreeLayout:
-    """The prompt, then every step node in pre-order (see the module docstring)."""
+def layout_tree(tree: Tree, path: list[Node] | None = None) -> TreeLayout:
+    """The prompt, then every step node in pre-order (see the module docstring); with `path` (one
+    trajectory's steps) only those: the trajectory unrolled as a chain."""
     n = len(tree.prompt_ids)
+    nodes = list(path) if path is not None else [s for s in tree.nodes() if s is not tree.root]
     out = TreeLayout(list(tree.prompt_ids), list(range(n)), [], [max(i - 1, 0) for i in range(n)],
-                     [0.0] * n, [-1] * n, [s for s in tree.nodes() if s is not tree.root])
+                     [0.0] * n, [-1] * n, nodes)
     start, last, next_pos = {}, {tree.root: n - 1}, {tree.root: n}
     for k, s in enumerate(out.nodes):
         p, m, i = s.parent, len(s.token_ids), len(out.ids)
@@ -191,7 +195,7 @@ def layout_tree(tree: Tree) -> TreeLayout:
         last[s], next_pos[s] = (i + m - 1 if m else last[p]), next_pos[p] + m
     end = {}
     for s in reversed(out.nodes):  # children before parents
-        end[s] = max([start[s] + len(s.token_ids)] + [end[c] for c in s.children])
+        end[s] = max([start[s] + len(s.token_ids)] + [end[c] for c in s.children if c in end])
     out.span_end = [len(out.ids)] * n + [end[out.nodes[k]] for k in out.token_node[n:]]
     return out
 
@@ -216,24 +220,62 @@ def _pad(rows: list[list], value, width: int, dtype) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=dtype)  # (R, L)
 
 
-def pack_trees(trees: list[Tree], pad_token_id: int, pack_tokens: int = 512) -> PackedBatch:
-    """Lay every tree out once and pack them into rows of at most `pack_tokens` tokens.
+def row_cost(tokens: int, attention_cost: float) -> float:
+    """Relative cost of a row: its tokens through the linear layers, plus every (query, key) pair
+    through dense attention, a pair costing 1 / attention_cost of a token."""
+    return tokens + tokens * tokens / attention_cost
 
+
+def unroll_pays(tree: Tree, attention_cost: float | None) -> bool:
+    """Is the tree cheaper as one row per trajectory than packed? Packing saves the shared tokens
+    but pays attention between branches that never see each other (a GRPO group of long
+    responses on a narrow model)."""
+    if not attention_cost:
+        return False
+    chains = [len(tree.prompt_ids) + len(tree.response_ids(leaf)) for leaf in tree.leaves()]
+    packed = len(tree.prompt_ids) + sum(len(s.token_ids) for s in tree.nodes())
+    return sum(row_cost(c, attention_cost) for c in chains) < row_cost(packed, attention_cost)
+
+
+def tree_layouts(trees: list[Tree], attention_cost: float | None):
+    """Layouts (one per packed tree, one per trajectory of an unrolled tree) and, per tree and
+    trajectory, (layout index, positions of its steps in that layout's node list)."""
+    layouts, where = [], []
+    for tree in trees:
+        trajs = tree.trajectories()
+        if unroll_pays(tree, attention_cost):
+            where.append([(len(layouts) + g, list(range(len(t)))) for g, t in enumerate(trajs)])
+            layouts += [layout_tree(tree, traj) for traj in trajs]
+            continue
+        lay = layout_tree(tree)
+        local = {s: k for k, s in enumerate(lay.nodes)}
+        where.append([(len(layouts), [local[s] for s in traj]) for traj in trajs])
+        layouts.append(lay)
+    return layouts, where
+
+
+def pack_trees(trees: list[Tree], pad_token_id: int, pack_tokens: int = 512,
+               attention_cost: float | None = None) -> PackedBatch:
+    """Lay every tree out once and pack the layouts into rows of at most `pack_tokens` tokens.
+
+    With `attention_cost` (what a token costs in (query, key) pairs, ~3x the model's hidden size
+    for dense attention), a tree whose trajectories share too little to pay for the attention
+    between its branches is unrolled into one chain per trajectory (`unroll_pays`).
     The loss weights are zero until `assign_advantages` (so the reference forward can run first).
     """
     if not trees:
         raise ValueError("trees: expected at least one tree")
     if pack_tokens < 1:
         raise ValueError(f"pack_tokens: expected an integer >= 1, got {pack_tokens!r}")
-    layouts = [layout_tree(t) for t in trees]
+    layouts, where = tree_layouts(trees, attention_cost)
     base = np.cumsum([0] + [len(lay.nodes) for lay in layouts]).tolist()
     cols = {k: [] for k in ("ids", "pos", "span", "src", "lp", "node")}
-    tree_rows = [0] * len(trees)
+    layout_rows = [0] * len(layouts)
     for r, members in enumerate(assign_rows([len(lay.ids) for lay in layouts], pack_tokens)):
         row = {k: [] for k in cols}
         for p in members:
             lay, off = layouts[p], len(row["ids"])
-            tree_rows[p] = r
+            layout_rows[p] = r
             row["ids"] += lay.ids
             row["pos"] += lay.position_ids
             row["span"] += [off + e for e in lay.span_end]
@@ -242,10 +284,12 @@ def pack_trees(trees: list[Tree], pad_token_id: int, pack_tokens: int = 512) -> 
             row["node"] += [base[p] + k if k >= 0 else -1 for k in lay.token_node]
         for k in cols:
             cols[k].append(row[k])
-    return _tensors(cols, layouts, tree_rows, pad_token_id)
+    occurrences = [[(layout_rows[i], [base[i] + k for k in ks]) for i, ks in traj]
+                   for traj in where]
+    return _tensors(cols, layouts, occurrences, pad_token_id)
 
 
-def _tensors(cols: dict, layouts: list[TreeLayout], tree_rows: list[int],
+def _tensors(cols: dict, layouts: list[TreeLayout], occurrences: list,
              pad_token_id: int) -> PackedBatch:
     lengths = [len(r) for r in cols["ids"]]
     order = sorted(range(len(lengths)), key=lambda r: -lengths[r])  # longest rows first
@@ -264,7 +308,8 @@ def _tensors(cols: dict, layouts: list[TreeLayout], tree_rows: list[int],
         row_length=torch.tensor([lengths[r] for r in order], dtype=torch.long),
         **{name: zeros.clone() for name in WEIGHT_FIELDS},
         row_denominator=torch.zeros(len(order)),
-        nodes=[s for lay in layouts for s in lay.nodes], tree_rows=[where[r] for r in tree_rows])
+        nodes=[s for lay in layouts for s in lay.nodes],
+        trajectories=[[(where[r], occ) for r, occ in tree] for tree in occurrences])
 
 
 # ----------------------------------------------------------------------------- loss weights
@@ -294,19 +339,19 @@ def denominator_share(n_tokens: int, agg_mode: str) -> float:
 def node_weights(batch: PackedBatch, trees: list[Tree], advantages, agg_mode: str,
                  max_response_len: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-node sums (6, E) in WEIGHT_FIELDS order, and each row's denominator share (R,)."""
-    index = {s: e for e, s in enumerate(batch.nodes)}
     acc = np.zeros((len(WEIGHT_FIELDS), len(batch.nodes)))  # (6, E)
     rows = np.zeros(len(batch))  # (R,)
     for p, tree in enumerate(trees):
-        for traj, adv in zip(tree.trajectories(), advantages[p]):
+        for traj, adv, (row, occ) in zip(tree.trajectories(), advantages[p],
+                                         batch.trajectories[p]):
             n = sum(len(s.token_ids) for s in traj)
             w = trajectory_weight(n, agg_mode, max_response_len)
-            e = np.array([index[s] for s in traj], dtype=np.int64)
+            e = np.array(occ, dtype=np.int64)
             a = np.asarray(adv, dtype=np.float64)
             for f, v in enumerate((w, w * np.maximum(a, 0), w * np.maximum(-a, 0), 1.0, a > 0,
                                    a < 0)):
                 np.add.at(acc[f], e, v)
-            rows[batch.tree_rows[p]] += denominator_share(n, agg_mode)
+            rows[row] += denominator_share(n, agg_mode)
     return acc, rows
 
 
@@ -335,7 +380,10 @@ def node_values(batch: PackedBatch, values: torch.Tensor) -> dict[Node, torch.Te
     order = torch.argsort(flat_node[keep], stable=True)
     counts = torch.bincount(flat_node[keep], minlength=len(batch.nodes)).tolist()
     parts = torch.split(flat[keep][order], counts)
-    return dict(zip(batch.nodes, parts))
+    out: dict[Node, torch.Tensor] = {}
+    for node, part in zip(batch.nodes, parts):  # an unrolled node: its first occurrence
+        out.setdefault(node, part)
+    return out
 
 
 def trajectory_tokens(trees: list[Tree]) -> int:

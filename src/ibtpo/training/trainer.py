@@ -156,8 +156,11 @@ class Trainer:
     def make_batch(self, trees):
         """The step's token layout and old log-probs on the device (packed or padded rows)."""
         pad, t = self.policy.tokenizer.pad_token_id, self.cfg.train
-        batch = (packing.pack_trees(trees, pad, t.pack_tokens) if t.pack_trees
-                 else padded.from_trees(trees, None, pad))
+        if not t.pack_trees:
+            return padded.from_trees(trees, None, pad).to(self.policy.device)
+        hidden = getattr(self.policy.model.config, "hidden_size", None) or 512
+        cost = {"auto": 3.0 * hidden, "never": None, "always": 1e-9}[t.pack_unroll]
+        batch = packing.pack_trees(trees, pad, t.pack_tokens or hidden, cost)
         return batch.to(self.policy.device)
 
     def assign_advantages(self, batch, trees, advantages):
