@@ -349,3 +349,12 @@ def test_unroll_pays_for_long_independent_responses_on_a_narrow_model():
                  stop_reason="length", reward=0.0)
     # 182 + 182^2 / 384 = 268 < 8 * (112 + 112^2 / 384) = 1157: keep it packed
     assert not unroll_pays(tree, 384.0)
+
+
+def test_micro_batch_bounds_keep_short_rows_apart():
+    from ibtpo.training.packing import micro_batch_bounds
+
+    # rows of 10, 8, 3, 3, 2 tokens, 16 positions each: 10 alone (2 x 10 > 16); 8 + 3 -> 2 x 8;
+    # 3, 3, 2 -> 3 x 3 (a long row never pads the short ones)
+    assert micro_batch_bounds([10, 8, 3, 3, 2], 16) == [(0, 1), (1, 3), (3, 5)]
+    assert micro_batch_bounds([40], 16) == [(0, 1)]  # at least one row

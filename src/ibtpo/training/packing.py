@@ -312,6 +312,19 @@ def _tensors(cols: dict, layouts: list[TreeLayout], occurrences: list,
         trajectories=[[(where[r], occ) for r, occ in tree] for tree in occurrences])
 
 
+def micro_batch_bounds(row_lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
+    """Row ranges (rows sorted longest first) whose rows x longest row stay within `max_tokens`
+    (at least one row each): short rows are not padded to the long rows of another range."""
+    bounds, i = [], 0
+    while i < len(row_lengths):
+        width, j = max(1, row_lengths[i]), i + 1
+        while j < len(row_lengths) and (j - i + 1) * width <= max_tokens:
+            j += 1
+        bounds.append((i, j))
+        i = j
+    return bounds
+
+
 # ----------------------------------------------------------------------------- loss weights
 
 

@@ -128,7 +128,9 @@ class Trainer:
             {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
                                                self.adv_params.prob_norm),
              **adv_metrics, **loss_metrics, "rollout/reward_errors":
-             self.policy.reward_fn.take_errors(), "train/batch_tokens": batch.num_tokens,
+             self.policy.reward_fn.take_errors(),
+             "train/batch_tokens": sum((j - i) * batch.slice(i, j).input_ids.shape[1]
+                                       for i, j in self.micro_batch_bounds(batch)),
              "train/trajectory_tokens": packing.trajectory_tokens(trees),
              "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/step_s": t2 - t0},
             {"prompts": len(trees), "traj": sum(len(t.leaves()) for t in trees),
@@ -223,12 +225,13 @@ class Trainer:
         return _mean_metrics(metrics)
 
     def micro_batch_bounds(self, batch) -> list[tuple[int, int]]:
-        """Row ranges of at most ``train.micro_batch_size`` rows (padded) or
-        ``train.micro_batch_tokens`` tokens (packed; at least one row)."""
+        """Row ranges of at most ``train.micro_batch_size`` rows (padded) or, packed, of at most
+        ``train.micro_batch_tokens`` token positions (rows x the longest row among them; at least
+        one row)."""
         t, n = self.cfg.train, len(batch)
-        size = (max(1, t.micro_batch_tokens // max(1, batch.input_ids.shape[1]))
-                if isinstance(batch, packing.PackedBatch) else t.micro_batch_size)
-        return [(i, min(i + size, n)) for i in range(0, n, size)]
+        if isinstance(batch, packing.PackedBatch):
+            return packing.micro_batch_bounds(batch.row_length.tolist(), t.micro_batch_tokens)
+        return [(i, min(i + t.micro_batch_size, n)) for i in range(0, n, t.micro_batch_size)]
 
     def micro_batches(self, batch):
         """Micro-batches, each weighted by its share of the aggregation's denominator over every
