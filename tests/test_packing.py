@@ -204,7 +204,8 @@ def test_packed_metrics_equal_unpacked_in_one_micro_batch(char_tokenizer, tmp_pa
     trees = random_trees(char_tokenizer, seed=3)
     advantages, _ = get_estimator(estimator)(trees, AdvParams())
     metrics = []
-    for train in ({"pack_trees": "false"}, {"pack_trees": "true"}):
+    for train in ({"pack_trees": "false"},  # every tree in one packed row: one micro-batch
+                  {"pack_trees": "true", "pack_tokens": 100000, "pack_unroll": "never"}):
         trainer = make_trainer(tmp_path, "seq-mean-token-mean", estimator, **train)
         batch = trainer.make_batch(trees)
         trainer.reference_logprobs(batch)
@@ -354,7 +355,9 @@ def test_unroll_pays_for_long_independent_responses_on_a_narrow_model():
 def test_micro_batch_bounds_keep_short_rows_apart():
     from ibtpo.training.packing import micro_batch_bounds
 
-    # rows of 10, 8, 3, 3, 2 tokens, 16 positions each: 10 alone (2 x 10 > 16); 8 + 3 -> 2 x 8;
-    # 3, 3, 2 -> 3 x 3 (a long row never pads the short ones)
-    assert micro_batch_bounds([10, 8, 3, 3, 2], 16) == [(0, 1), (1, 3), (3, 5)]
+    # rows of 10, 8, 3, 3, 2 tokens, 16 positions each: 10 alone (2 x 10 > 16); 8 alone (3 would
+    # be padded by 5/8 > 1/4); 3, 3 (2 would be padded by 1/3); 2
+    assert micro_batch_bounds([10, 8, 3, 3, 2], 16) == [(0, 1), (1, 2), (2, 4), (4, 5)]
+    # a budget of 40: 10 and 8 (padded by 2/10), then 3, 3, 2? 2 is padded by 1/3: apart
+    assert micro_batch_bounds([10, 8, 3, 3, 2], 40) == [(0, 2), (2, 4), (4, 5)]
     assert micro_batch_bounds([40], 16) == [(0, 1)]  # at least one row

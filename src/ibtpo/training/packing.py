@@ -312,13 +312,16 @@ def _tensors(cols: dict, layouts: list[TreeLayout], occurrences: list,
         trajectories=[[(where[r], occ) for r, occ in tree] for tree in occurrences])
 
 
-def micro_batch_bounds(row_lengths: list[int], max_tokens: int) -> list[tuple[int, int]]:
+def micro_batch_bounds(row_lengths: list[int], max_tokens: int,
+                       max_padding: float = 0.25) -> list[tuple[int, int]]:
     """Row ranges (rows sorted longest first) whose rows x longest row stay within `max_tokens`
-    (at least one row each): short rows are not padded to the long rows of another range."""
+    (at least one row each), a row joining a range only if it is padded by at most `max_padding`
+    of the range's longest row: short rows are not padded to a long tree's row."""
     bounds, i = [], 0
     while i < len(row_lengths):
         width, j = max(1, row_lengths[i]), i + 1
-        while j < len(row_lengths) and (j - i + 1) * width <= max_tokens:
+        while (j < len(row_lengths) and (j - i + 1) * width <= max_tokens
+               and row_lengths[j] >= (1 - max_padding) * width):
             j += 1
         bounds.append((i, j))
         i = j
