@@ -33,8 +33,9 @@ def _train(init, out, resume, fault):
 
 
 def run_in_child(init, out, resume=False, fault=None) -> int:
-    """Train in a forked process (so that a SIGKILL hits only it); its exit code (-9: killed)."""
-    proc = multiprocessing.get_context("fork").Process(target=_train,
+    """Train in a child process (so that a SIGKILL hits only it); its exit code (-9: killed).
+    Spawned, not forked: a fork after torch has run OpenMP threads can deadlock in the child."""
+    proc = multiprocessing.get_context("spawn").Process(target=_train,
                                                        args=(init, out, resume, fault))
     proc.start()
     proc.join(300)

@@ -33,7 +33,12 @@ def runs(warm_checkpoint, tmp_path_factory):
     import _dp_worker
 
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
-    _dp_worker.fixed_tree_steps(one, str(warm_checkpoint))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched rank: the same float summation order in matmuls
+    try:
+        _dp_worker.fixed_tree_steps(one, str(warm_checkpoint))
+    finally:
+        torch.set_num_threads(threads)
     done = launch_two(two, warm_checkpoint)
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(one / "steps.pt"), torch.load(two / "steps.pt"), two

@@ -126,7 +126,7 @@ def test_a_stop_signal_writes_a_final_checkpoint_and_exits_cleanly(warm_checkpoi
     argv = ["train", "--config", "grpo", "--no-progress"] + [
         x for s in SMALL + [f"train.init={warm_checkpoint}", f"train.out_dir={tmp_path}",
                             "train.steps=500"] for x in ("--set", s)]
-    child = multiprocessing.get_context("fork").Process(target=_cli_child, args=(argv,))
+    child = multiprocessing.get_context("spawn").Process(target=_cli_child, args=(argv,))
     child.start()
     deadline = time.time() + 120
     while time.time() < deadline and not ((tmp_path / "metrics.jsonl").is_file()

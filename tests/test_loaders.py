@@ -3,10 +3,10 @@ template, seeded disjoint splits, bad rows reported with file, line (or index) a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
+import sys
 
 import pytest
 
@@ -82,16 +82,17 @@ def test_bad_task_names_and_sizes(tmp_path):
         load_task(TaskConfig(name=str(empty)))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")
-def test_parquet_without_pyarrow_names_the_extra(tmp_path):
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if the `data` extra were missing
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "d.parquet"
     path.write_bytes(b"PAR1")
     with pytest.raises(ImportError, match=r"ibtpo\[data\]"):
         load_task(TaskConfig(name=str(path)))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets installed")
-def test_hf_dataset_without_datasets_names_the_extra():
+def test_hf_dataset_without_datasets_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ImportError, match=r"ibtpo\[data\]"):
         load_task(TaskConfig(name="hf:openai/gsm8k:train"))
 
