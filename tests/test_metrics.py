@@ -138,8 +138,12 @@ def test_logger_writes_jsonl(tmp_path, tb):
         assert any((tmp_path / "tb").iterdir())
 
 
-def test_metric_docs_markdown():
-    from ibtpo.metrics import metric_docs_markdown
+def test_metric_docs_markdown_and_the_docs_page_agree():
+    from pathlib import Path
+
+    from ibtpo.metrics import metric_docs_markdown, metrics_page
     md = metric_docs_markdown().splitlines()
     assert md[0] == "| metric | meaning |" and len(md) == len(METRIC_DOCS) + 2
-    assert "| `tree/ib_score` |" in "\n".join(md)
+    assert md[2].startswith("| `rollout/") and md[-1].startswith("| `sft/")  # grouped
+    page = Path(__file__).resolve().parents[1] / "docs" / "METRICS.md"
+    assert page.read_text() == metrics_page(), "docs/METRICS.md is out of date"

@@ -247,10 +247,36 @@ class MetricsLogger:
         self.close()
 
 
+NAMESPACES = ("rollout", "tree", "adv", "loss", "train", "time", "eval", "policy", "reward", "sft")
+
+
 def metric_docs_markdown() -> str:
-    """METRIC_DOCS as a two-column Markdown table (for the README)."""
-    rows = [f"| `{name}` | {doc} |" for name, doc in METRIC_DOCS.items()]
+    """METRIC_DOCS as a two-column Markdown table grouped by namespace (docs/METRICS.md)."""
+    order = {ns: i for i, ns in enumerate(NAMESPACES)}
+    names = sorted(METRIC_DOCS, key=lambda n: order.get(n.split("/")[0], len(order)))
+    rows = [f"| `{name}` | {METRIC_DOCS[name]} |" for name in names]
     return "\n".join(["| metric | meaning |", "|---|---|", *rows])
+
+
+METRICS_PAGE_HEAD = """# Metrics
+
+Every training step writes one JSON object to `{train.out_dir}/metrics.jsonl` (and the numeric
+values as TensorBoard scalars under `tb/`); the warm-up writes `sft_log.jsonl`. This table is
+`ibtpo.metrics.metric_docs_markdown()`, the one list of names and meanings: a test fails when a
+logged metric is missing from it or when this page is out of date. Rewrite the page with
+`.venv/bin/python -c "from ibtpo.metrics import write_metrics_page; write_metrics_page()"`.
+
+"""
+
+
+def metrics_page() -> str:
+    """The text of docs/METRICS.md."""
+    return METRICS_PAGE_HEAD + metric_docs_markdown() + "\n"
+
+
+def write_metrics_page(path: str = "docs/METRICS.md") -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(metrics_page())
 
 
 def read_metrics(path: str) -> list[dict]:
