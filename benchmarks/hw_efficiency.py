@@ -4,7 +4,7 @@
                                                  [--quick] [--set section.key=value ...]
 
 1. Matmul throughput in fp32 and bf16 with torch's current thread count: the best of a square
-   2048^3 product and the tiny model's own shapes (4096 x 256 x 768 and 4096 x 768 x 256); the best
+   2048^3 product and the `tiny` preset's shapes (4096 x 256 x 768 and 4096 x 768 x 256); the best
    is "the measured peak" of that precision.
 2. One trainer from the config (default: `ibtpo`, packed trees, its `train.init` warm-up; `--set
    train.autocast=bf16` measures bf16). After one untimed step, for each of `--steps` steps:

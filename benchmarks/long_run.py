@@ -1,4 +1,4 @@
-"""A long run: resident memory and step time over 1,000 RL steps of a tiny model.
+"""A long run: resident memory and step time over 1,000 RL steps of a small model.
 
     .venv/bin/python benchmarks/long_run.py [--steps 1000] [--config ibtpo] [--model nano]
         [--prompts 4] [--max-new-tokens 24] [--warmup 100] [--every 50] [--json FILE]

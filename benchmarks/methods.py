@@ -4,12 +4,13 @@
 
 Every method trains from the testbed's warm-up checkpoint (made when missing) until the same
 number of generated tokens; runs are paired by seed (same training prompts, same evaluation).
-Reports held-out pass@1 (greedy) and avg@k (k samples at T = 1) as mean ± 95% t-interval over seeds, and each method's paired
-difference to GRPO with its interval, plus rollout statistics. Methods (built-in configs):
-GRPO, clip-higher GRPO, entropy-bonus GRPO, entropy tree + IB-TPO advantage (TreeRL-like), random
-tree + IB-TPO advantage, IB tree + GRPO advantage, IB-TPO advantage without the IB tree, full
-IB-TPO. Runs live in runs/testbed/methods (finished runs are reused, also by dynamics.py).
-`--quick`: GRPO and IB-TPO only, 2 seeds, a small budget (about 10 minutes on a 2-core CPU).
+Reports held-out pass@1 (greedy) and avg@k (k samples at T = 1) as mean ± 95% t-interval over
+seeds, and each method's paired difference to GRPO with its interval, plus rollout statistics.
+Methods (built-in configs): GRPO, clip-higher GRPO, entropy-bonus GRPO, entropy tree + IB-TPO
+advantage (TreeRL-like), random tree + IB-TPO advantage, IB tree + GRPO advantage, IB-TPO advantage
+without the IB tree, full IB-TPO. Runs live in runs/testbed/methods (finished runs are reused, also
+by dynamics.py). `--quick`: GRPO and IB-TPO only, 2 seeds, 60k tokens (about 5 minutes on a 2-core
+CPU), in runs/testbed/methods_60000.
 Writes benchmarks/results/methods.{md,json,png}.
 """
 
@@ -65,11 +66,18 @@ def overrides(model: str, budget: int, evals: int) -> list[str]:
             f"train.eval_every_tokens={budget // evals}", "train.tensorboard=false"]
 
 
+def runs_dir(budget: int):
+    """Where the runs of this budget live: runs of another budget (--quick) sit beside the full
+    study's, so a quick pass never replaces them."""
+    return RUNS if budget == BUDGET else RUNS.with_name(f"methods_{budget}")
+
+
 def run(names: list[str], seeds: dict, budget: int, evals: int = EVALS, progress: bool = True):
     model = str(warmup())
     return run_compare([resolve_config_path(n) for n in names],
                        overrides=overrides(model, budget, evals),
-                       seeds=seeds, out_dir=RUNS, token_budget=budget, progress=progress,
+                       seeds=seeds, out_dir=runs_dir(budget), token_budget=budget,
+                       progress=progress,
                        baseline="grpo" if "grpo" in names else None,
                        title=f"Methods at {budget:,} generated tokens")
 
@@ -95,6 +103,13 @@ def reading(results: dict) -> str:
             state = "not distinguishable from GRPO"
         line = (f"- {name} ({METHODS.get(name, name)}): Δ pass@1 {100 * mean:+.1f} pt "
                 f"[95% CI {lo:+.1f}, {hi:+.1f}] over {len(pairs)} paired seeds: {state}.")
+        if all(r[k] == b[k] for r, b in pairs for k in ("pass@1", "avg@k", "rollout/reward_mean")):
+            line += " Identical to GRPO on every seed (same rewards, same evaluations)"
+            if name == "grpo_clip_higher":
+                line += (": with one on-policy update per rollout batch (`train.num_iterations` = 1)"
+                         " the importance ratio is 1, so no clip bound is ever reached and"
+                         " clip-higher only acts on off-policy updates")
+            line += "."
         if name == "ibtpo":
             met = ("met" if lo >= TARGET_POINTS else "not met" if hi < TARGET_POINTS
                    else "not decided")
@@ -108,8 +123,8 @@ def main() -> None:
     start = time.perf_counter()
     names, seeds, budget = plan(args)
     report, results, _ = run(names, seeds, budget, QUICK_EVALS if args.quick else EVALS)
-    (RESULTS).mkdir(parents=True, exist_ok=True)
-    (RESULTS / "methods.png").write_bytes((RUNS / "compare.png").read_bytes())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "methods.png").write_bytes((runs_dir(budget) / "compare.png").read_bytes())
     legend = "\n".join(f"- `{n}`: {METHODS[n]}" for n in names)
     body = (f"{legend}\n\n{report}\n![training curves](methods.png)\n\n"
             "### Reading (generated)\n\n" + reading(results))

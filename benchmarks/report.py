@@ -17,8 +17,11 @@ INTRO = """# Benchmarks
 
 Every section below was written by the command it names (`benchmarks/<study>.py`), on the machine
 and date it names, and collected here by `benchmarks/report.py`; the numbers, intervals and
-readings are generated from the runs. Testbed: the built-in arithmetic task and the `tiny` model
-after the default warm-up (`ibtpo sft` with the default config, defined by steps and seeds).
+readings are generated from the runs. Testbed: the built-in arithmetic task (4 to 8 terms of
+single-digit operands, one step per operation, 1,000 held-out problems) and the `nano` model
+(a 0.34M-parameter Llama with a character tokenizer) after the default warm-up (`ibtpo sft`: it
+stops at the first validation, every 25 steps on 300 training-distribution problems, whose greedy
+accuracy reaches 0.4; seeded and not timed, so every machine starts RL from the same model).
 """
 
 

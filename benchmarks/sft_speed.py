@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/sft_speed.py [--set sft.steps=200 ...] [--out DIR]
 
-Runs `ibtpo.training.sft.run_sft` with the default config (preset "tiny", the built-in arithmetic task)
-and prints: the accuracy-vs-time curve (periodic greedy pass@1 on `sft.eval_size` held-out
+Runs `ibtpo.training.sft.run_sft` with the default config (preset `nano`, the built-in arithmetic
+task, stopping at the first validation whose greedy accuracy reaches `sft.stop_at_accuracy` = 0.4)
+and prints: the accuracy-vs-time curve (periodic greedy pass@1 on `sft.eval_size` validation
 problems), the median training tokens/s, and the final held-out evaluation per number of terms.
 The acceptance target is >= 40% greedy accuracy within 5 minutes on a 2-core CPU.
 """

@@ -306,7 +306,7 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
     if (sft_dir / "ibtpo.json").is_file():
         print(f"== warm-up: reusing {sft_dir}")
     else:
-        print(f"== warm-up: supervised training of the tiny model -> {sft_dir}")
+        print(f"== warm-up: supervised training of the default model -> {sft_dir}")
         run_sft(load_config(overrides=[f"sft.out_dir={sft_dir}", *overrides]), progress=progress)
     configs = [resolve_config_path(name) for name in DEMO_CONFIGS]
     report, _, _ = run_compare(configs, overrides=[f"train.init={sft_dir}", *DEMO_OVERRIDES,
