@@ -158,7 +158,8 @@ def verdict(v: tuple, target: float, what: str, unit: str = "") -> str:
     value, lo, hi = v
     state = ("met" if lo >= target else "not met" if hi < target else
              "not decided (the interval straddles it)")
-    return f"{what}: {value:.2f}{unit} [95% CI {lo:.2f}, {hi:.2f}]; target ≥ {target}{unit}: {state}."
+    return (f"{what}: {value:.2f}{unit} [95% CI {lo:.2f}, {hi:.2f}]; "
+            f"target ≥ {target}{unit}: {state}.")
 
 
 def sign_reading(v: tuple, what: str) -> str:

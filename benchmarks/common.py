@@ -72,14 +72,23 @@ def warmup(overrides: list[str] = (), path: Path = WARMUP_DIR) -> Path:
     return path
 
 
-def write_section(name: str, title: str, body: str, seconds: float, data: dict) -> Path:
-    """Write results/<name>.md (header + body) and results/<name>.json; return the .md path."""
+def write_section(name: str, title: str, body: str, seconds: float, data: dict,
+                  runs: dict | None = None) -> Path:
+    """Write results/<name>.md (header + body) and results/<name>.json; return the .md path.
+    `runs` ({config: [run summaries]}): their training wall times are reported too, since an
+    invocation that reuses finished runs takes only seconds itself."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    run_time = f"{seconds / 60:.1f} min"
+    if runs:
+        total = sum(r.get("wall_s", 0.0) for rs in runs.values() for r in rs)
+        n = sum(len(rs) for rs in runs.values())
+        run_time += (f" for this invocation; the {n} training runs it reports took "
+                     f"{total / 60:.1f} min together (finished runs are reused)")
     header = (f"## {title}\n\n"
               f"- command: `{command()}`\n"
               f"- date: {datetime.date.today().isoformat()}\n"
               f"- machine: {machine()}\n"
-              f"- run time: {seconds / 60:.1f} min\n\n")
+              f"- run time: {run_time}\n\n")
     md = RESULTS / f"{name}.md"
     md.write_text(header + body.rstrip() + "\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))

@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
 from common import RESULTS, write_section
 from ibtpo.compare import SMOOTH_STEPS, band, plot_curves
-from ibtpo.stats import fmt_ci, mean_ci
+from ibtpo.stats import fmt_ci, mean_ci, paired_ci
 from methods import BUDGET, EVALS, QUICK_BUDGET, QUICK_EVALS, run
 
 CONFIGS = ("grpo", "grpo_clip_higher", "grpo_entropy", "ibtpo")
@@ -46,8 +48,6 @@ def parse_args() -> argparse.Namespace:
 
 def at_fractions(curves: dict, budget: int, fractions=(0.25, 0.5, 1.0)) -> str:
     """Each TABLE_KEYS metric at fractions of the budget: mean ± 95% half-width over seeds."""
-    import numpy as np
-
     grid = np.array([f * budget for f in fractions])
     head = ["config", "metric"] + [f"{int(f * 100)}% of tokens" for f in fractions]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -63,8 +63,6 @@ def at_fractions(curves: dict, budget: int, fractions=(0.25, 0.5, 1.0)) -> str:
 
 def first_last(runs: list[list[dict]], key: str) -> tuple[float, float]:
     """Mean over seeds of a step metric over each run's first and last SMOOTH_STEPS steps."""
-    import numpy as np
-
     def ends(rows):
         vals = [r[key] for r in rows if isinstance(r.get(key), float)]
         return np.mean(vals[:SMOOTH_STEPS]), np.mean(vals[-SMOOTH_STEPS:])
@@ -75,8 +73,6 @@ def first_last(runs: list[list[dict]], key: str) -> tuple[float, float]:
 
 def run_mean_ci(runs: list[list[dict]], key: str) -> tuple[float, float]:
     """Each run's mean of a step metric over training, then mean ± 95% half-width over seeds."""
-    import numpy as np
-
     return mean_ci([np.mean([r[key] for r in rows if isinstance(r.get(key), float)])
                     for rows in runs])
 
@@ -98,6 +94,25 @@ def reading(curves: dict, budget: int) -> str:
                      f"{eff[0]:.2f} → {eff[1]:.2f} (first → last {SMOOTH_STEPS} steps); over "
                      f"training, IB-Score at the root {fmt_ci(*ib)} ({sign(ib)}), cov at the "
                      f"root {fmt_ci(*cov, digits=4)} ({sign(cov)}).")
+    if "grpo" in curves:
+        tsallis = run_mean_ci(curves["grpo"], "tree/tsallis_root")[0]
+        lines.append(
+            "- Sign: with β = 5 and children carrying equal numbers of trajectories (GRPO's root) "
+            "the IB-Score is tsallis/β + cov − 1/β (docs/ALGORITHM.md §2), and the policy's step "
+            f"probabilities are close to 1 (GRPO's root tsallis {tsallis:.3f} over training), so "
+            "the IB-Score is negative for every method; its level and the sign of cov are what "
+            "compare. An IB tree's root children carry unequal numbers of trajectories (the "
+            "branches below them), which moves the mean of r off 1 and accounts for part of "
+            "IB-TPO's higher root IB-Score.")
+    if "grpo" in curves and "ibtpo" in curves:
+        for key, what in (("tree/ib_score_root", "IB-Score"), ("tree/cov_root", "cov")):
+            means = {n: [float(np.mean([r[key] for r in rows if isinstance(r.get(key), float)]))
+                         for rows in curves[n]] for n in ("ibtpo", "grpo")}
+            d, half = paired_ci(means["ibtpo"], means["grpo"])
+            state = ("higher" if d - half > 0 else "lower" if d + half < 0
+                     else "not distinguishable")
+            lines.append(f"- {what} at the root, IB-TPO minus GRPO over training: {d:+.4f} "
+                         f"[95% CI {d - half:+.4f}, {d + half:+.4f}], paired by seed: {state}.")
     return "\n".join(lines) + "\n"
 
 
@@ -108,18 +123,20 @@ def main() -> None:
     budget = args.budget or (QUICK_BUDGET if args.quick else BUDGET)
     seeds = {n: args.seeds or (2 if args.quick else 8 if n in ("grpo", "ibtpo") else 4)
              for n in names}
-    _, _, curves = run(names, seeds, budget, QUICK_EVALS if args.quick else EVALS)
+    _, results, curves = run(names, seeds, budget, QUICK_EVALS if args.quick else EVALS)
     RESULTS.mkdir(parents=True, exist_ok=True)
     parts = []
     for file, (title, keys) in FIGURES.items():
         plot_curves(curves, RESULTS / file, keys=keys)
         parts.append(f"**{title}**\n\n![{title}]({file})\n")
     body = (f"Configs {', '.join(names)}; seeds {seeds}; {budget:,} generated tokens per run. "
-            "Curves: mean over seeds, band = 95% t-interval; step metrics smoothed over 5 steps.\n\n"
+            "Curves: mean over seeds, band = 95% t-interval; step metrics smoothed over 5 steps."
+            "\n\n"
             + "\n".join(parts) + "\n" + at_fractions(curves, budget)
             + "\n### Reading (generated)\n\n" + reading(curves, budget))
     write_section("dynamics", "Study 3 — training dynamics (paper Figures 1, 3, 5)", body,
-                  time.perf_counter() - start, {"budget": budget, "seeds": seeds})
+                  time.perf_counter() - start, {"budget": budget, "seeds": seeds},
+                  runs=results)
 
 
 if __name__ == "__main__":

@@ -106,9 +106,9 @@ def reading(results: dict) -> str:
         if all(r[k] == b[k] for r, b in pairs for k in ("pass@1", "avg@k", "rollout/reward_mean")):
             line += " Identical to GRPO on every seed (same rewards, same evaluations)"
             if name == "grpo_clip_higher":
-                line += (": with one on-policy update per rollout batch (`train.num_iterations` = 1)"
-                         " the importance ratio is 1, so no clip bound is ever reached and"
-                         " clip-higher only acts on off-policy updates")
+                line += (": with one on-policy update per rollout batch"
+                         " (`train.num_iterations` = 1) the importance ratio is 1, so no clip"
+                         " bound is ever reached and clip-higher only acts on off-policy updates")
             line += "."
         if name == "ibtpo":
             met = ("met" if lo >= TARGET_POINTS else "not met" if hi < TARGET_POINTS
@@ -130,7 +130,7 @@ def main() -> None:
             "### Reading (generated)\n\n" + reading(results))
     write_section("methods", "Study 2 — methods at equal generated tokens (paper Tables 1–2)",
                   body, time.perf_counter() - start,
-                  {"budget": budget, "seeds": seeds, "results": results})
+                  {"budget": budget, "seeds": seeds, "results": results}, runs=results)
 
 
 if __name__ == "__main__":

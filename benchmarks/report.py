@@ -31,7 +31,8 @@ def main() -> None:
         md = RESULTS / f"{name}.md"
         if md.is_file():
             text = md.read_text()
-            sections.append(re.sub(r"\]\((?!http)([^)]+\.png)\)", r"](benchmarks/results/\1)", text))
+            link = r"\]\((?!http)([^)]+\.png)\)"
+            sections.append(re.sub(link, r"](benchmarks/results/\1)", text))
         else:
             sections.append(f"## {name}\n\nNot run yet: `.venv/bin/python benchmarks/{name}.py`.\n")
     (ROOT / "BENCHMARKS.md").write_text("\n".join(sections))
