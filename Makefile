@@ -32,8 +32,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/sft_speed.py
 	$(PY) benchmarks/step_time.py
 
-# The three studies of BENCHMARKS.md (hours on a 2-core CPU; finished runs are reused), then the
-# collected report. `evidence-quick`: the same commands in their quick settings (minutes each).
+# The three studies of BENCHMARKS.md (about an hour on a 2-core CPU; finished runs are reused),
+# then the collected report. `evidence-quick`: the same commands in their quick settings (about
+# 5 minutes); it rewrites benchmarks/results/ and BENCHMARKS.md with the quick figures, each
+# section naming its command.
 evidence: $(STAMP)
 	$(PY) benchmarks/branching.py
 	$(PY) benchmarks/methods.py

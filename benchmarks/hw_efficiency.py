@@ -6,7 +6,7 @@
 1. Matmul throughput in fp32 and bf16 with torch's current thread count: the best of a square
    2048^3 product and the `tiny` preset's shapes (4096 x 256 x 768 and 4096 x 768 x 256); the best
    is "the measured peak" of that precision.
-2. One trainer from the config (default: `ibtpo`, packed trees, its `train.init` warm-up; `--set
+2. One trainer from the config (default: `ibtpo`, packed trees, the testbed's warm-up; `--set
    train.autocast=bf16` measures bf16). After one untimed step, for each of `--steps` steps:
    - generation: the step's trees are grown once timed, then again from the same RNG states under
      `torch.utils.flop_counter.FlopCounterMode` (same samples, so the same FLOPs);
@@ -28,6 +28,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import warmup
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.training.trainer import Trainer
 
@@ -38,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="ibtpo")
-    p.add_argument("--model", default=None, help="checkpoint (default: the config's train.init)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the testbed warm-up)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1 timed step of 8 prompts")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -110,13 +111,13 @@ def measure_step(trainer: Trainer) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.model = args.model or str(warmup())
     if args.quick:
         args.steps = 1
     print(f"torch threads {torch.get_num_threads()}")
     peak = peaks(0.3 if args.quick else 1.0)
     with tempfile.TemporaryDirectory() as out:
-        extra = [f"train.out_dir={out}", "train.tensorboard=false"]
-        extra += [f"train.init={args.model}"] if args.model else []
+        extra = [f"train.out_dir={out}", "train.tensorboard=false", f"train.init={args.model}"]
         extra += ["train.prompts_per_step=8"] if args.quick else []
         trainer = Trainer(load_config([resolve_config_path(args.config)], extra + args.set),
                           progress=False)

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from common import warmup
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.training.trainer import Trainer, config_with
 
@@ -33,7 +34,7 @@ LAYOUTS = {"padded": {"pack_trees": False}, "packed 256": {"pack_tokens": 256},
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help="checkpoint (default: the testbed warm-up)")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -55,6 +56,7 @@ def forward_backward(trainer: Trainer, trees) -> tuple[float, int]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.model = args.model or str(warmup())
     print(f"torch threads {torch.get_num_threads()}, prompts {args.prompts}, "
           f"medians of {args.repeats}")
     print(f"{'method':6s} {'layout':16s} {'fwd+bwd s':>10s} {'tokens':>7s} {'rows':>5s}")
@@ -62,7 +64,7 @@ def main(argv=None) -> None:
         for name in ("grpo", "ibtpo"):
             extra = [f"train.out_dir={out}", "train.tensorboard=false",
                      f"train.prompts_per_step={args.prompts}"]
-            extra += [f"train.init={args.model}"] if args.model else []
+            extra.append(f"train.init={args.model}")
             trainer = Trainer(load_config([resolve_config_path(name)], extra + args.set),
                               progress=False)
             problems = trainer.task.train_batch(args.prompts, trainer.problem_rng)

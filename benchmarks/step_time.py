@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/step_time.py [--model DIR] [--steps 5] [--prompts 16] [--quick]
                                              [--set section.key=value ...]
 
-Four trainers from the same checkpoint (default: the configs' `train.init`, the warm-up that
-`ibtpo sft` writes; `--model` overrides it), with every other setting from the built-in `grpo` and
+Four trainers from the same checkpoint (default: the testbed's warm-up, runs/testbed/sft, made
+when missing; `--model` overrides it), with every other setting from the built-in `grpo` and
 `ibtpo` configs (`--set` overrides both, e.g. `--set train.compile=true`):
 GRPO and IB-TPO, each with `train.pack_trees` true (packed trees) and false (one padded row per
 trajectory). Their steps alternate round-robin in this process, so machine drift hits all four
@@ -26,6 +26,7 @@ import time
 import torch
 
 import ibtpo.rollout.engine as engine_module
+from common import warmup
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.training.batch import from_trees
 from ibtpo.training.trainer import Trainer
@@ -37,7 +38,7 @@ RUNS = {"grpo packed": ("grpo", True), "grpo padded": ("grpo", False),
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="checkpoint (default: the config's train.init)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the testbed warm-up)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per trainer")
     p.add_argument("--prompts", type=int, default=16, help="prompts per step")
     p.add_argument("--quick", action="store_true", help="2 timed steps of 8 prompts")
@@ -62,9 +63,8 @@ class PrefillClock:
 
 def make_trainer(name: str, packed: bool, args, out: str) -> Trainer:
     extra = [f"train.prompts_per_step={args.prompts}", f"train.out_dir={out}/{name}{packed}",
-             "train.tensorboard=false", f"train.pack_trees={str(packed).lower()}"]
-    if args.model:
-        extra.append(f"train.init={args.model}")
+             "train.tensorboard=false", f"train.pack_trees={str(packed).lower()}",
+             f"train.init={args.model}"]
     trainer = Trainer(load_config([resolve_config_path(name)], extra + args.set), progress=False)
     inner, pad = trainer.make_batch, trainer.policy.tokenizer.pad_token_id
 
@@ -117,6 +117,7 @@ def report(res: dict[str, dict]) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.model = args.model or str(warmup())
     if args.quick:
         args.steps, args.prompts = 2, 8
     clock = PrefillClock()

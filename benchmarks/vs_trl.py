@@ -3,8 +3,8 @@
     .venv/bin/pip install -c constraints.txt -e '.[trl]'     # once (TRL is not in `make test`)
     .venv/bin/python benchmarks/vs_trl.py [--model DIR] [--steps 20] [--quick] [--set k=v ...]
 
-Both sides start from the same checkpoint (default: the warm-up `train.init` of the config, as
-`ibtpo sft` leaves it) with the same tokenizer and prompt token ids, prompts per step, group size
+Both sides start from the same checkpoint (default: the testbed's warm-up, runs/testbed/sft, made
+when missing) with the same tokenizer and prompt token ids, prompts per step, group size
 G (`rollout.b0` of the grpo config), generation length (`sampling.max_new_tokens`), temperature,
 learning rate and warm-up, AdamW settings, gradient clipping, clip range, KL coefficient
 (`loss.beta_kl`, so both keep a reference model), loss aggregation (ibtpo's `seq-mean-token-mean`
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from common import warmup
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.data import load_task
 from ibtpo.models import encode_prompt, load_model, save_checkpoint
@@ -45,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
-                   help="checkpoint dir (default: the config's train.init)")
+                   help="checkpoint dir (default: the testbed warm-up)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
@@ -57,9 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def ibtpo_config(args, out: str):
-    extra = [f"train.out_dir={out}/ibtpo", "train.tensorboard=false"]
-    if args.model:
-        extra.append(f"train.init={args.model}")
+    extra = [f"train.out_dir={out}/ibtpo", "train.tensorboard=false", f"train.init={args.model}"]
     if args.quick:
         extra += ["train.prompts_per_step=4", "rollout.b0=4"]
     if args.bf16:
@@ -162,6 +161,7 @@ def summary(rows: list[dict], warmup: int) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    args.model = args.model or str(warmup())
     if args.quick:
         args.steps, args.warmup = 3, 1
     try:

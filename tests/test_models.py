@@ -78,9 +78,12 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone(char_tokenizer):
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
-def test_unknown_preset_or_path_lists_the_presets(tmp_path):
+def test_unknown_preset_or_path_lists_the_presets(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"expected a preset \(nano, .*tiny\)"):
         load_model(str(tmp_path / "nowhere"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"'runs/sft': no such file or directory \(and, offline"):
+        load_model("runs/sft")  # a relative path that would otherwise be tried as a hub name
     with pytest.raises(ValueError, match="unknown dtype"):
         load_model("nano", dtype="float8")
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from huggingface_hub import constants as hf_constants
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -152,6 +153,9 @@ def load_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool = Fal
         return _named_failure(path, "LoRA checkpoint", "adapter_config.json, ibtpo.json", lambda: load_adapter_checkpoint(local, dtype))
     if local.suffix == ".gguf":
         return _named_failure(path, "GGUF file", "a .gguf file", lambda: load_gguf(local, dtype))
+    if not local.exists() and hf_constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{path!r}: no such file or directory (and, offline, not a hub name "
+                         f"either: HF_HUB_OFFLINE is set); {EXPECTED_MODEL}")
     kwargs = {"trust_remote_code": trust_remote_code,
               **({"local_files_only": True} if local.exists() else {})}
     tokenizer = _named_failure(path, "tokenizer", "tokenizer.json, tokenizer_config.json",
