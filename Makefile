@@ -34,7 +34,7 @@ bench: $(STAMP)
 
 # The three studies of BENCHMARKS.md (about an hour on a 2-core CPU; finished runs are reused),
 # then the collected report. `evidence-quick`: the same commands in their quick settings (about
-# 5 minutes); it rewrites benchmarks/results/ and BENCHMARKS.md with the quick figures, each
+# 3 minutes); it rewrites benchmarks/results/ and BENCHMARKS.md with the quick figures, each
 # section naming its command.
 evidence: $(STAMP)
 	$(PY) benchmarks/branching.py

@@ -9,7 +9,7 @@ seeds, and each method's paired difference to GRPO with its interval, plus rollo
 Methods (built-in configs): GRPO, clip-higher GRPO, entropy-bonus GRPO, entropy tree + IB-TPO
 advantage (TreeRL-like), random tree + IB-TPO advantage, IB tree + GRPO advantage, IB-TPO advantage
 without the IB tree, full IB-TPO. Runs live in runs/testbed/methods (finished runs are reused, also
-by dynamics.py). `--quick`: GRPO and IB-TPO only, 2 seeds, 60k tokens (about 5 minutes on a 2-core
+by dynamics.py). `--quick`: GRPO and IB-TPO only, 2 seeds, 60k tokens (about 2 minutes on a 2-core
 CPU), in runs/testbed/methods_60000.
 Writes benchmarks/results/methods.{md,json,png}.
 """
