@@ -1,4 +1,5 @@
-"""Tests for ibtpo.core.advantages (ALGORITHM.md §4): hand values, GRPO invariant, reference loop."""
+"""Tests for ibtpo.core.advantages (ALGORITHM.md §4): hand values, GRPO invariant, reference
+loop."""
 
 import math
 import random
@@ -51,7 +52,8 @@ def test_registry_and_bad_names():
 def test_ibtpo_hand_tree():
     adv, m = get_estimator("ibtpo")([hand_tree()], AdvParams(beta=5.0, lam=0.1))
     # A_GL: A (0.5 - 2/3)/D = -1/(6D); L1 (1/3)/D; L2 (-2/3)/D; L3 (1/3)/D
-    # A_IB: A (0.75-1.2)*0.5 = -0.225; L1 (2-1.2)*.25 = 0.2; L2 (0-1.2)*.5 = -0.6; L3 (1.5-1.2)*.8 = .24
+    # A_IB: A (0.75-1.2)*0.5 = -0.225; L1 (2-1.2)*.25 = 0.2; L2 (0-1.2)*.5 = -0.6;
+    #       L3 (1.5-1.2)*.8 = .24
     a_step = -1 / (6 * D) + 0.1 * -0.225
     expected = [[a_step, 1 / (3 * D) + 0.02], [a_step, -2 / (3 * D) - 0.06], [1 / (3 * D) + 0.024]]
     assert len(adv) == 1 and [len(t) for t in adv[0]] == [2, 2, 1]
@@ -141,7 +143,7 @@ def test_chain_tree_lam0_equals_grpo_exactly(seed):
 def reference_ibtpo(tree, beta, lam, prob_norm, on_zero_var=True, eps=1e-4):
     """Straightforward loop over trajectories and steps."""
     ph, pb = p_hat(tree), pi_bar(tree, prob_norm)
-    rewards = [0.0 if l.reward is None else l.reward for l in tree.leaves()]
+    rewards = [0.0 if leaf.reward is None else leaf.reward for leaf in tree.leaves()]
     std = statistics.stdev(rewards) if len(rewards) > 1 else 0.0
     zero = max(rewards) == min(rewards)
     out = []
@@ -168,7 +170,8 @@ def test_vectorised_matches_reference(prob_norm, on_zero_var):
             add_step(t, node, [9], [rng.uniform(-2, 0)], [0.0], terminal=True,
                      reward=rng.choice([0.0, 1.0, None]))
         trees.append(t)
-    params = AdvParams(beta=3.0, lam=0.3, prob_norm=prob_norm, ib_adv_on_zero_var_groups=on_zero_var)
+    params = AdvParams(beta=3.0, lam=0.3, prob_norm=prob_norm,
+                       ib_adv_on_zero_var_groups=on_zero_var)
     adv, _ = get_estimator("ibtpo")(trees, params)
     for t, got in zip(trees, adv):
         exp = reference_ibtpo(t, 3.0, 0.3, prob_norm, on_zero_var)

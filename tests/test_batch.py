@@ -1,4 +1,5 @@
-"""Tests for ibtpo.training.batch: trees -> right-padded rows with aligned log-probs and advantages."""
+"""Tests for ibtpo.training.batch: trees -> right-padded rows with aligned log-probs and
+advantages."""
 
 import pytest
 import torch

@@ -29,7 +29,8 @@ def chains(n_chains=3, n_steps=3):
         node = t.root
         for d in range(n_steps):
             last = d == n_steps - 1
-            node = add_step(t, node, [1], [-1.0], [0.5], terminal=last, reward=0.0 if last else None)
+            node = add_step(t, node, [1], [-1.0], [0.5], terminal=last,
+                            reward=0.0 if last else None)
     return t
 
 
@@ -65,7 +66,8 @@ def test_entropy_scorer_scores_the_step_a_branch_resamples():
     # is not resampled); from the root: mean(2 [A's step], 9 [L3's]) = 5.5 -> A is picked
     assert s == {t.root: pytest.approx(5.5), a: pytest.approx(6.0)}
     assert select_nodes(s, 1, random.Random(0)) == [a]
-    assert get_scorer("entropy")(t, BranchParams(branch_from_root=False), random.Random(0)) == {a: 6.0}
+    assert get_scorer("entropy")(t, BranchParams(branch_from_root=False),
+                                 random.Random(0)) == {a: 6.0}
 
 
 def test_entropy_scorer_counts_merged_children():

@@ -28,7 +28,8 @@ def test_compare_runs_every_config_to_the_same_token_budget(warm_checkpoint, tmp
     assert results["grpo"][0]["rollout/trajectories_per_prompt"] == 8
     assert "| grpo | 1 |" in table and "| ibtpo | 1 |" in table
     assert (tmp_path / "compare.png").stat().st_size > 10_000
-    assert (tmp_path / "compare.md").read_text().startswith("# Comparison at 1,500 generated tokens")
+    assert (tmp_path / "compare.md").read_text().startswith(
+        "# Comparison at 1,500 generated tokens")
     # a second comparison reuses the finished runs (same config) instead of training again
     mtime = (tmp_path / "grpo" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
     again, _, _ = run_compare(configs, overrides=EASY + [f"train.init={warm_checkpoint}"],

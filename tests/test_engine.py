@@ -1,4 +1,5 @@
-"""Tests for ibtpo.rollout.engine: cached decoding equals full forwards, log-probs, stops, sampling."""
+"""Tests for ibtpo.rollout.engine: cached decoding equals full forwards, log-probs, stops,
+sampling."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""Tests for ibtpo.core.ib_score (ALGORITHM.md §2): hand-derived values and reference vs vectorised."""
+"""Tests for ibtpo.core.ib_score (ALGORITHM.md §2): hand-derived values and reference vs
+vectorised."""
 
 import math
 import random
@@ -87,7 +88,8 @@ def test_node_ib_scores_hand_tree():
     # IB = (0.5*(-0.45) + 0.8*0.3)/2 = 0.0075; tsallis = 1 - 0.65 = 0.35
     # cov = ((-0.15)(-0.375) + (0.15)(0.375))/2 = 0.05625
     assert s[t.root]["ib"] == pytest.approx(0.0075)
-    assert s[t.root]["tsallis"] == pytest.approx(0.35) and s[t.root]["cov"] == pytest.approx(0.05625)
+    assert (s[t.root]["tsallis"] == pytest.approx(0.35)
+            and s[t.root]["cov"] == pytest.approx(0.05625))
 
 
 def random_tree(rng, n_leaves=12, merge_prob=0.2):

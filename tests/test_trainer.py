@@ -19,8 +19,8 @@ from ibtpo.training.faults import TrainingError
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.trainer import Trainer, _agg_count
 
-EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24", "eval.size=30",
-        "eval.k=2", "train.tensorboard=false", "train.eval_every=0"]
+EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24",
+        "eval.size=30", "eval.k=2", "train.tensorboard=false", "train.eval_every=0"]
 
 
 def rl_config(init, out, *extra, name="ibtpo"):
@@ -68,8 +68,8 @@ def test_ibtpo_run_raises_reward_and_changes_parameters(warm_checkpoint, tmp_pat
 
 
 def test_resume_continues_step_counter_and_state(warm_checkpoint, tmp_path):
-    first = Trainer(rl_config(warm_checkpoint, tmp_path, "train.steps=2", "train.prompts_per_step=4",
-                              name="grpo"), progress=False)
+    first = Trainer(rl_config(warm_checkpoint, tmp_path, "train.steps=2",
+                              "train.prompts_per_step=4", name="grpo"), progress=False)
     first.train()
     cfg = rl_config(warm_checkpoint, tmp_path, "train.steps=3", "train.prompts_per_step=4",
                     name="grpo")
@@ -115,7 +115,8 @@ def test_failed_checkpoint_write_keeps_the_previous_one(warm_checkpoint, tmp_pat
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000000"]  # no temp dir
 
 
-@pytest.mark.parametrize("agg_mode", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("agg_mode",
+                         ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batches_accumulate_to_the_full_batch_gradient(warm_checkpoint, tmp_path, agg_mode):
     grads = []
     for micro in (64, 5):

@@ -178,10 +178,13 @@ def test_empty_continuation_creates_empty_leaf():
 def test_merge_identical_steps_counts_and_tokens():
     enc, dec = char_codec()
     tree = new_tree([1])
-    a = attach_response(tree, tree.root, enc("s\n\nx"), lp(4), lp(4), "eos", dec, merge_identical_steps=True)
-    b = attach_response(tree, tree.root, enc("s\n\ny"), lp(4), lp(4), "eos", dec, merge_identical_steps=True)
+    a = attach_response(tree, tree.root, enc("s\n\nx"), lp(4), lp(4), "eos", dec,
+                        merge_identical_steps=True)
+    b = attach_response(tree, tree.root, enc("s\n\ny"), lp(4), lp(4), "eos", dec,
+                        merge_identical_steps=True)
     # Terminal duplicates are never merged: "s\n\nx" twice gives two leaves under the merged step.
-    c = attach_response(tree, tree.root, enc("s\n\nx"), lp(4), lp(4), "eos", dec, merge_identical_steps=True)
+    c = attach_response(tree, tree.root, enc("s\n\nx"), lp(4), lp(4), "eos", dec,
+                        merge_identical_steps=True)
     assert len(tree.root.children) == 1
     step = tree.root.children[0]
     assert step.count == 3 and step.children == [a, b, c]
@@ -198,7 +201,8 @@ def test_terminal_first_step_not_merged():
     enc, dec = char_codec()
     tree = new_tree([1])
     for _ in range(2):
-        attach_response(tree, tree.root, enc("ab"), lp(2), lp(2), "eos", dec, merge_identical_steps=True)
+        attach_response(tree, tree.root, enc("ab"), lp(2), lp(2), "eos", dec,
+                        merge_identical_steps=True)
     assert len(tree.root.children) == 2
 
 

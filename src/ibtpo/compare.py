@@ -165,8 +165,8 @@ def plot_curves(run_rows: dict[str, list[list[dict]]], path: Path, keys=PLOTS) -
                for r in rows), default=1)
     grid = np.linspace(0, top, 80)
     cols = 3
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(5 * cols, 3.6 *
-                                                                        math.ceil(len(keys) / cols)))
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols,
+                             figsize=(5 * cols, 3.6 * math.ceil(len(keys) / cols)))
     for ax, key in zip(axes.flat, keys):
         for i, (name, runs) in enumerate(run_rows.items()):
             mean, half = band(runs, key, grid)

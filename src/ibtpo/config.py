@@ -44,7 +44,8 @@ def resolve_config_path(name: str) -> Path:
 def F(default: Any, help: str, *, min: float | None = None, max: float | None = None,
       choices: tuple | None = None, min_exclusive: bool = False) -> Any:
     """A dataclass field with its documentation and range declared in one place."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "min_exclusive": min_exclusive}
+    meta = {"help": help, "min": min, "max": max, "choices": choices,
+            "min_exclusive": min_exclusive}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -54,15 +55,17 @@ def F(default: Any, help: str, *, min: float | None = None, max: float | None = 
 class TaskConfig:
     name: str = F("arithmetic", "dataset: 'arithmetic' (built-in), a .jsonl/.parquet file, "
                   "'hf:NAME_OR_DIR[:SPLIT]' (Hugging Face datasets) or 'rg:TASK' (reasoning-gym)")
-    terms: list[int] = F([4, 5, 6, 7, 8], "numbers of terms a built-in problem may have (each >= 2; "
-                         "n terms = n steps: n - 1 operations and the answer line)")
-    term_weights: list[float] = F([], "relative frequency of each entry of `terms` (empty = uniform)")
+    terms: list[int] = F([4, 5, 6, 7, 8], "numbers of terms a built-in problem may have "
+                         "(each >= 2; n terms = n steps: n - 1 operations and the answer line)")
+    term_weights: list[float] = F([], "relative frequency of each entry of `terms` "
+                                  "(empty = uniform)")
     max_operand: int = F(9, "operands are drawn from 1..max_operand", min=2)
     ops: str = F("+-", "operators the built-in task may use, any of '+-'")
     allow_negative: bool = F(False, "built-in task: may intermediate results and answers be < 0 "
                              "(false = chains going below 0 are redrawn)")
     eval_size: int = F(1000, "number of held-out problems (1,000 resolve about 3 points of "
-                       "accuracy near 50% in one evaluation; paired comparisons resolve less)", min=1)
+                       "accuracy near 50% in one evaluation; paired comparisons resolve less)",
+                       min=1)
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
     prompt_column: str = F("prompt", "dataset column of the prompt (a.b = field b of column a; "
                            "a list of chat messages gives its last user message)")
@@ -86,8 +89,8 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = F("nano", "preset ('nano', 'mini', 'tiny'), a Hugging Face checkpoint dir, a "
-                          ".gguf file (extra gguf) or a hub name (when online)")
+    name_or_path: str = F("nano", "preset ('nano', 'mini', 'tiny'), a Hugging Face checkpoint dir, "
+                          "a .gguf file (extra gguf) or a hub name (when online)")
     dtype: str = F("float32", "parameter dtype", choices=("float32", "bfloat16", "float16"))
     device: str = F("auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
     trust_remote_code: bool = F(False, "let a checkpoint run its own Python code (transformers' "
@@ -124,8 +127,8 @@ class SFTConfig:
 
 @dataclass
 class SamplingConfig:
-    temperature: float = F(1.0, "sampling temperature (log-probs are of softmax(logits/T))", min=0.0,
-                           min_exclusive=True)
+    temperature: float = F(1.0, "sampling temperature (log-probs are of softmax(logits/T))",
+                           min=0.0, min_exclusive=True)
     top_p: float = F(1.0, "nucleus sampling mass in (0, 1]", min=0.0, max=1.0, min_exclusive=True)
     top_k: int = F(0, "keep the k most likely tokens (0 = off)", min=0)
     max_new_tokens: int = F(96, "max response tokens per trajectory (paper: 2048; the built-in "
@@ -174,10 +177,11 @@ class LossConfig:
 class TrainConfig:
     init: str = F("runs/sft", "starting checkpoint (the warm-up output) or a model preset")
     steps: int = F(30, "RL steps (ignored when token_budget > 0)", min=1)
-    token_budget: int = F(0, "stop after this many generated tokens in total (0 = use steps)", min=0)
+    token_budget: int = F(0, "stop after this many generated tokens in total (0 = use steps)",
+                          min=0)
     prompts_per_step: int = F(16, "prompts (trees) per step (P)", min=1)
-    lr: float = F(3e-5, "AdamW learning rate (paper: 1e-6 on 1.7B/8B models; on the nano testbed 1e-4 "
-                  "ends lower and 3e-4 collapses the policy)", min=0.0, min_exclusive=True)
+    lr: float = F(3e-5, "AdamW learning rate (paper: 1e-6 on 1.7B/8B models; on the nano testbed "
+                  "1e-4 ends lower and 3e-4 collapses the policy)", min=0.0, min_exclusive=True)
     warmup_steps: int = F(5, "linear learning-rate warm-up steps, then constant (Adam's first "
                           "steps move every weight by ~lr)", min=0)
     weight_decay: float = F(0.0, "AdamW weight decay", min=0.0)
@@ -301,7 +305,8 @@ def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
     sections = {f.name: f for f in dataclasses.fields(cfg)}
     for sec_name, values in data.items():
         if sec_name not in sections:
-            problems.append(f"{source}: unknown section {sec_name!r} (valid: {', '.join(sections)})")
+            problems.append(f"{source}: unknown section {sec_name!r} "
+                            f"(valid: {', '.join(sections)})")
             continue
         section = getattr(cfg, sec_name)
         if not isinstance(values, dict):

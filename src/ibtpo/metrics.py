@@ -38,20 +38,25 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/reward_mean": "Avg-Rate: mean reward of all sampled trajectories (None counted as 0)",
     "rollout/eff_rate": "Eff-Rate: share of prompts whose trajectories' rewards are not all equal",
     "rollout/trajectories_per_prompt": "mean number of trajectories (leaves) per tree, G",
-    "rollout/generated_tokens_per_prompt": "mean generated tokens per tree (no prompt, shared prefixes once)",
-    "rollout/trajectories_per_1k_tokens": "trajectories per 1,000 generated tokens (token efficiency)",
+    "rollout/generated_tokens_per_prompt": "mean generated tokens per tree (no prompt, shared "
+                                           "prefixes once)",
+    "rollout/trajectories_per_1k_tokens": "trajectories per 1,000 generated tokens "
+                                          "(token efficiency)",
     "rollout/response_len_mean": "mean tokens of a full response (shared prefix counted in each)",
-    "rollout/generated_tokens": "tokens generated for this step's trees (prompt and shared prefixes excluded)",
+    "rollout/generated_tokens": "tokens generated for this step's trees (prompt and shared "
+                                "prefixes excluded)",
     "rollout/unscorable": "trajectories whose reward function returned None (scored as 0)",
     "tree/ib_score": "mean IB-Score over branch points (nodes with >= 2 children, root included)",
-    "tree/ib_score_root": "mean IB-Score of the roots (over their children: comparable across methods)",
+    "tree/ib_score_root": "mean IB-Score of the roots (over their children: comparable across "
+                          "methods)",
     "tree/cov": "mean Cov(pi_bar, r) over branch points (exploitation term of the IB-Score)",
     "tree/cov_root": "mean Cov(pi_bar, r) of the roots (comparable across methods)",
     "tree/tsallis": "mean Tsallis-2 entropy 1 - mean pi_bar over branch points (exploration)",
     "tree/tsallis_root": "mean Tsallis-2 entropy 1 - mean pi_bar of the roots",
     "tree/branch_points": "mean number of nodes with >= 2 children per tree (root included)",
     "rollout/branch_root_share": "share of the branches (after round 1) sampled from the root",
-    "rollout/branch_depth_mean": "mean depth (steps in the prefix) of the node a branch starts from",
+    "rollout/branch_depth_mean": "mean depth (steps in the prefix) of the node a branch starts "
+                                 "from",
     "rollout/branch_prefix_tokens_mean": "mean response tokens in the prefix a branch shares",
     "tree/depth_mean": "mean number of steps per trajectory",
     "tree/depth_max": "largest number of steps of a trajectory in the batch",
@@ -97,8 +102,10 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/branches": "continuations sampled in the branching rounds (after round 1)",
     "time/generate_s": "seconds spent in engine.generate this step",
     "time/reward_s": "seconds spent in the reward function this step",
-    "rollout/reward_errors": "completions whose reward function raised (scored None; see task.reward_errors)",
-    "train/skipped": "share of the step's optimizer iterations skipped for a NaN/inf loss or gradient",
+    "rollout/reward_errors": "completions whose reward function raised (scored None; see "
+                             "task.reward_errors)",
+    "train/skipped": "share of the step's optimizer iterations skipped for a NaN/inf loss or "
+                     "gradient",
     "reward/NAME": "mean of reward function NAME over the trajectories it scored (several rewards)",
     "reward/NAME/none": "trajectories reward function NAME returned None for (several rewards)",
 }

@@ -150,7 +150,8 @@ def load_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool = Fal
     """
     local = Path(path)
     if (local / "adapter_config.json").is_file():
-        return _named_failure(path, "LoRA checkpoint", "adapter_config.json, ibtpo.json", lambda: load_adapter_checkpoint(local, dtype))
+        return _named_failure(path, "LoRA checkpoint", "adapter_config.json, ibtpo.json",
+                              lambda: load_adapter_checkpoint(local, dtype))
     if local.suffix == ".gguf":
         return _named_failure(path, "GGUF file", "a .gguf file", lambda: load_gguf(local, dtype))
     if not local.exists() and hf_constants.HF_HUB_OFFLINE:

@@ -1,9 +1,9 @@
 """Step-level advantages: GRPO and IB-TPO (ALGORITHM.md §4). Pure functions of trees.
 
 One signature for the registry: `estimator(trees, params) -> (adv, metrics)` where
-`adv[p][g][k]` is the advantage of step k of trajectory g (in `tree.trajectories()` order) of tree p;
-every token of that step gets it. Shape letters: P trees (prompts), G trajectories per tree,
-E non-root nodes of the whole batch (the vectorised form works on (E,) numpy arrays).
+`adv[p][g][k]` is the advantage of step k of trajectory g (in `tree.trajectories()` order) of
+tree p; every token of that step gets it. Shape letters: P trees (prompts), G trajectories per
+tree, E non-root nodes of the whole batch (the vectorised form works on (E,) numpy arrays).
 
     A_GL(s) = (p_hat(s) - p_hat(root)) / (std({R(tau)}) + eps_std)
     A_IB(s) = (r(s) - (1 + 1/beta)) * pi_bar(s),   r(s) = p_hat(s) / p_hat(parent)  (r := 1 at 0)

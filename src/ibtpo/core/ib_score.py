@@ -8,7 +8,8 @@ For a non-terminal node u with children c_1..c_B, each sampled once from u:
     tsallis(u) = 1 - mean_b pi_bar(c_b);  cov(u) = mean_b (pi_bar - mean pi_bar)(r - mean r)
 
 Shape letters: P trees (prompts), G trajectories per tree; E edges (non-root nodes, each with its
-parent) of one or many trees; U scored (parent) nodes. Trees are small (about 12 leaves, 50 nodes), so arrays are numpy float64.
+parent) of one or many trees; U scored (parent) nodes. Trees are small (about 12 leaves, 50
+nodes), so arrays are numpy float64.
 
 Choices (config key in brackets):
 - `beta` [`beta`, default 5] must be > 0.
@@ -16,7 +17,8 @@ Choices (config key in brackets):
   (the sum and B), as ALGORITHM §2 says.
 - `pi_bar` normalisation [`prob_norm`]: see `ibtpo.core.tree.pi_bar`.
 `ib_score` is the per-node reference; `edge_arrays` + `scores_from_edges` are the vectorised form
-used by `node_ib_scores` (whole tree) and `batch_ib_scores` (many trees); the tests check both agree.
+used by `node_ib_scores` (whole tree) and `batch_ib_scores` (many trees); the tests check both
+agree.
 """
 
 from __future__ import annotations
@@ -116,7 +118,9 @@ def edge_arrays(trees: list[Tree], prob_norm: str = "mean", source: str = "old")
                 children.append(c)
                 idx.append(len(parents) - 1)
                 tix.append(ti)
-                pis.append(pb[c]); vals.append(ph[c]); pvals.append(ph[node])
+                pis.append(pb[c])
+                vals.append(ph[c])
+                pvals.append(ph[node])
     return Edges(children, parents, np.array(idx, dtype=np.int64), np.array(pis, dtype=float),
                  np.array(vals, dtype=float), np.array(pvals, dtype=float),
                  np.array([c.count for c in children], dtype=float),

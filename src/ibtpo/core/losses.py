@@ -46,7 +46,8 @@ def masked_token_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def aggregate(x: Tensor, mask: Tensor, agg_mode: str, max_response_len: int | None = None) -> Tensor:
+def aggregate(x: Tensor, mask: Tensor, agg_mode: str,
+              max_response_len: int | None = None) -> Tensor:
     """Reduce per-token values (N, T) to a scalar with one of AGG_MODES."""
     if agg_mode == "token-mean":
         return masked_token_mean(x, mask)
@@ -67,14 +68,16 @@ def _check_inputs(tensors: dict[str, Tensor | None], eps_low, eps_high, agg_mode
         raise ValueError(f"logprobs: expected a 2-D (N, T) tensor, got shape {tuple(shape)}")
     for name, t in tensors.items():
         if t is not None and t.shape != shape:
-            raise ValueError(f"{name}: expected shape {tuple(shape)} (as logprobs), got {tuple(t.shape)}")
+            raise ValueError(f"{name}: expected shape {tuple(shape)} (as logprobs), "
+                             f"got {tuple(t.shape)}")
     for name, v in (("eps_low", eps_low), ("eps_high", eps_high)):
         if not v >= 0:
             raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
     if agg_mode not in AGG_MODES:
         raise ValueError(f"agg_mode: expected one of {AGG_MODES}, got {agg_mode!r}")
     if max_response_len is not None and not max_response_len > 0:
-        raise ValueError(f"max_response_len: expected a positive integer or None, got {max_response_len!r}")
+        raise ValueError("max_response_len: expected a positive integer or None, "
+                         f"got {max_response_len!r}")
 
 
 def _check_terms(ref_logprobs, beta_kl, entropy, entropy_coef) -> None:
@@ -104,7 +107,8 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, resp
                 max_response_len: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO's token-level clipped surrogate + beta_kl * k3 KL - entropy_coef * entropy."""
     _check_inputs({"logprobs": logprobs, "old_logprobs": old_logprobs, "advantages": advantages,
-                   "response_mask": response_mask, "ref_logprobs": ref_logprobs, "entropy": entropy},
+                   "response_mask": response_mask, "ref_logprobs": ref_logprobs,
+                   "entropy": entropy},
                   eps_low, eps_high, agg_mode, max_response_len)
     _check_terms(ref_logprobs, beta_kl, entropy, entropy_coef)
     logp = logprobs.float()                                         # (N, T)

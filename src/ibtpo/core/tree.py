@@ -14,10 +14,10 @@ Choices (config key in brackets):
   end of the response. A last span that decodes to no text (e.g. only the EOS token of a response
   ending in "\\n\\n<eos>") is folded into the step before it: a step holds text. See `split_steps`
   for how decoding is kept cheap.
-- Identical sibling steps [`merge_identical_steps`, default off]: a new non-terminal step equal (same
-  token ids) to an existing non-terminal child of the same parent is not added; that child's
-  `count` is incremented and the chain continues under it. Terminal steps are never merged, so every
-  trajectory keeps its own leaf and reward. Merged steps were still generated, so
+- Identical sibling steps [`merge_identical_steps`, default off]: a new non-terminal step equal
+  (same token ids) to an existing non-terminal child of the same parent is not added; that child's
+  `count` is incremented and the chain continues under it. Terminal steps are never merged, so
+  every trajectory keeps its own leaf and reward. Merged steps were still generated, so
   `Tree.num_generated_tokens` counts them every time.
 - Rewards: `None` (unscorable) counts as 0.0 in `p_hat`; the rollout counts them. Rewards outside
   [0, 1] or NaN raise ValueError.
@@ -83,7 +83,8 @@ class Tree:
         return out
 
     def leaves(self) -> list[Node]:
-        """Terminal nodes, one per trajectory, in creation order (hand-hung ones after, pre-order)."""
+        """Terminal nodes, one per trajectory, in creation order (hand-hung ones after,
+        pre-order)."""
         known = set(self._leaves)
         extra = [n for n in self.nodes() if n.terminal and n not in known]
         return [n for n in self._leaves if _reachable(self.root, n)] + extra
@@ -201,8 +202,9 @@ def split_steps(token_ids, decode: Callable[[list[int]], str],
 
     Fast path (char and most byte-level tokenizers): decode each token once; if the pieces join to
     the full decode, delimiter occurrences in the full text are mapped to tokens by character
-    offsets (O(n) decodes of one token). Otherwise (e.g. SentencePiece, whose lone-token decode drops
-    the leading space) prefix decodes are used, but only at tokens that can complete an occurrence:
+    offsets (O(n) decodes of one token). Otherwise (e.g. SentencePiece, whose lone-token decode
+    drops the leading space) prefix decodes are used, but only at tokens that can complete an
+    occurrence:
     those whose own decode contains the delimiter's last character, is empty, or has U+FFFD (a
     partial UTF-8 sequence).
     """

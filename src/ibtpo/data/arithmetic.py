@@ -15,8 +15,9 @@ Choices (config keys in brackets):
   below 0 is redrawn (with the same number of terms, so the term mix is exactly as configured;
   this makes '+' more frequent than '-' in longer chains).
 - Splits [`task.seed`, `task.eval_size`]: the held-out set is the first `eval_size` distinct
-  problems drawn from the held-out stream of `task.seed` (`ibtpo.seeding`); training draws (from the caller's generator) reject any
-  problem whose prompt is in the held-out set, so the splits are disjoint for every seed. A
+  problems drawn from the held-out stream of `task.seed` (`ibtpo.seeding`); training draws (from
+  the caller's generator) reject any problem whose prompt is in the held-out set, so the splits
+  are disjoint for every seed. A
   held-out set as large as the whole problem space (`count_problems`) is a ValueError.
 - Verifier: only the last line of the form "answer: <integer>" counts (see `verify`).
 """

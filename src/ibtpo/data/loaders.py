@@ -25,8 +25,9 @@ Unusable rows (bad JSON, a missing or empty prompt / answer, a template naming a
 column) are skipped and reported with their line or index and the reason; when more than
 [`task.max_bad_fraction`] of the rows are unusable, loading stops with a ValueError listing them.
 Split (choice): the held-out set is `task.eval_size` distinct prompts (their first rows), picked
-with the held-out stream of `task.seed` (`ibtpo.seeding`) (so a file sorted by difficulty still gives a representative held-out set); the remaining rows
-whose prompt is not held out form the training split, sampled with replacement by `train_batch`.
+with the held-out stream of `task.seed` (`ibtpo.seeding`) (so a file sorted by difficulty still
+gives a representative held-out set); the remaining rows whose prompt is not held out form the
+training split, sampled with replacement by `train_batch`.
 """
 
 from __future__ import annotations

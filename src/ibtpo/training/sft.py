@@ -166,7 +166,8 @@ class Stats:
 def eval_metrics(result: dict) -> dict:
     """Log entries of a periodic evaluation."""
     out = {"sft/val_pass@1": result["pass@1"]}
-    out.update({f"sft/val_pass@1/terms_{n}": fig["pass@1"] for n, fig in result["by_terms"].items()})
+    out.update({f"sft/val_pass@1/terms_{n}": fig["pass@1"]
+                for n, fig in result["by_terms"].items()})
     return out
 
 

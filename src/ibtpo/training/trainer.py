@@ -39,7 +39,9 @@ from ibtpo.metrics import MetricsLogger, tree_metrics
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
 from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
-from ibtpo.training import batch as padded, checkpoint as ckpt, packing
+from ibtpo.training import batch as padded
+from ibtpo.training import checkpoint as ckpt
+from ibtpo.training import packing
 from ibtpo.training.distributed import Dist, rank_stream
 from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
 from ibtpo.training.logprobs import sequence_logprobs
@@ -48,7 +50,8 @@ from ibtpo.training.reference import fill_ref_logprobs
 
 
 class Trainer:
-    """IB-TPO / GRPO / tree baselines, chosen by config (``rollout.scorer``, ``advantage.estimator``)."""
+    """IB-TPO / GRPO / tree baselines, chosen by config (``rollout.scorer``,
+    ``advantage.estimator``)."""
 
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
                  init_eval: dict | None = None, task=None, reward_funcs=None):
@@ -107,11 +110,13 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
     def train_step(self) -> dict:
-        """Sample P trees, compute step advantages, update the policy; returns the step's metrics."""
+        """Sample P trees, compute step advantages, update the policy; returns the step's
+        metrics."""
         t0 = time.perf_counter()
         problems = self.dist.share(self.task.train_batch(self.cfg.train.prompts_per_step,
                                                          self.problem_rng))
-        trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng, self.generator)
+        trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng,
+                                                        self.generator)
         t1 = time.perf_counter()
         batch = self.make_batch(trees)
         if self.cfg.train.recompute_old_logprobs:
