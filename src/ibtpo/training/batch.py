@@ -20,16 +20,9 @@ from ibtpo.core.losses import policy_loss
 from ibtpo.core.tree import Tree
 
 
-@dataclass
-class Batch:
-    """Right-padded prompt + response rows, one per trajectory."""
-
-    input_ids: torch.Tensor  # (N, T) long, pad_token_id after each row's last token
-    attention_mask: torch.Tensor  # (N, T) long, 1 on prompt and response tokens
-    response_mask: torch.Tensor  # (N, T) float, 1 on response tokens trained on
-    old_logprobs: torch.Tensor  # (N, T) float, sampling-policy log-prob of input_ids[:, t]
-    advantages: torch.Tensor  # (N, T) float, A(s) of the step holding input_ids[:, t]
-    ref_logprobs: torch.Tensor | None = None  # (N, T) float, set by the trainer's reference step
+class RowBatch:
+    """What the padded and the packed batch share: rows of tensors that move and slice together
+    (fields that are not tensors, such as None or node lists, are carried as they are)."""
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -39,13 +32,25 @@ class Batch:
         """Token positions one forward over the whole batch runs (padding included)."""
         return int(self.input_ids.numel())
 
-    def _map(self, fn) -> "Batch":
-        return Batch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
-                        for f in fields(self)})
+    def _map(self, fn):
+        return type(self)(**{f.name: fn(v) if isinstance(v := getattr(self, f.name), torch.Tensor)
+                             else v for f in fields(self)})
 
-    def to(self, device) -> "Batch":
+    def to(self, device):
         """The same batch with every tensor on `device`."""
         return self._map(lambda t: t.to(device))
+
+
+@dataclass
+class Batch(RowBatch):
+    """Right-padded prompt + response rows, one per trajectory."""
+
+    input_ids: torch.Tensor  # (N, T) long, pad_token_id after each row's last token
+    attention_mask: torch.Tensor  # (N, T) long, 1 on prompt and response tokens
+    response_mask: torch.Tensor  # (N, T) float, 1 on response tokens trained on
+    old_logprobs: torch.Tensor  # (N, T) float, sampling-policy log-prob of input_ids[:, t]
+    advantages: torch.Tensor  # (N, T) float, A(s) of the step holding input_ids[:, t]
+    ref_logprobs: torch.Tensor | None = None  # (N, T) float, set by the trainer's reference step
 
     def slice(self, i: int, j: int) -> "Batch":
         """Rows i..j-1 (a micro-batch); views, no copy."""

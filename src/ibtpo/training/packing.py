@@ -42,20 +42,20 @@ micro-batch of rows is weighted as the trainer weights unpadded micro-batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ibtpo.core.losses import AGG_MODES, weighted_policy_loss
 from ibtpo.core.tree import Node, Tree
-from ibtpo.training.batch import check_advantages
+from ibtpo.training.batch import RowBatch, check_advantages
 
 WEIGHT_FIELDS = ("weight", "pos_weight", "neg_weight", "count", "count_pos", "count_neg")
 
 
 @dataclass
-class PackedBatch:
+class PackedBatch(RowBatch):
     """Packed trees, several per row; see the module docstring for every field."""
 
     input_ids: torch.Tensor  # (R, L) long, pad_token_id after each row's end
@@ -78,23 +78,6 @@ class PackedBatch:
     # packed tree, once per trajectory through it in an unrolled one
     trajectories: list[list[tuple[int, list[int]]]] = field(default_factory=list)
     agg_mode: str | None = None  # the aggregation the weights were computed for
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def num_tokens(self) -> int:
-        """Token positions one forward over the whole batch runs (padding included)."""
-        return int(self.input_ids.numel())
-
-    def _map(self, fn) -> "PackedBatch":
-        return PackedBatch(**{f.name: fn(getattr(self, f.name))
-                              if isinstance(getattr(self, f.name), torch.Tensor)
-                              else getattr(self, f.name) for f in fields(self)})
-
-    def to(self, device) -> "PackedBatch":
-        """The same batch with every tensor on `device`."""
-        return self._map(lambda t: t.to(device))
 
     def slice(self, i: int, j: int) -> "PackedBatch":
         """Rows i..j-1, cut after the longest of them (a micro-batch); views, no copy."""
