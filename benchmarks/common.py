@@ -94,3 +94,12 @@ def write_section(name: str, title: str, body: str, seconds: float, data: dict,
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
     print(f"wrote {md}")
     return md
+
+
+def train_pass(trainer, batch) -> None:
+    """One forward + backward of every micro-batch of `batch` as the trainer's update runs them,
+    gradients discarded."""
+    for mb, weight in trainer.micro_batches(batch):
+        loss, _ = trainer.micro_step(mb)
+        (loss * weight).backward()
+    trainer.optimizer.zero_grad(set_to_none=True)

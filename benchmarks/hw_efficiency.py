@@ -28,7 +28,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import warmup
+from common import train_pass, warmup
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.training.trainer import Trainer
 
@@ -79,14 +79,6 @@ def grow(trainer: Trainer, problems, state):
     trainer.rng.setstate(state[0])
     trainer.generator.set_state(state[1])
     return trainer.policy.grow_trees(trainer.cfg, problems, trainer.rng, trainer.generator)
-
-
-def train_pass(trainer: Trainer, batch) -> None:
-    """One forward + backward of every micro-batch, gradients discarded."""
-    for mb, weight in trainer.micro_batches(batch):
-        loss, _ = trainer.micro_step(mb)
-        (loss * weight).backward()
-    trainer.optimizer.zero_grad(set_to_none=True)
 
 
 def measure_step(trainer: Trainer) -> dict:

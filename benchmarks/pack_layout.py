@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from common import warmup
+from common import train_pass, warmup
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.training.trainer import Trainer, config_with
 
@@ -42,15 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def forward_backward(trainer: Trainer, trees) -> tuple[float, int]:
-    batch = trainer.make_batch(trees)
-    trainer.reference_logprobs(batch)
-    advantages, _ = trainer.estimator(trees, trainer.adv_params)
-    batch = trainer.assign_advantages(batch, trees, advantages)
+    batch, _ = trainer.prepare_batch(trees)
     t0 = time.perf_counter()
-    for mb, weight in trainer.micro_batches(batch):
-        loss, _ = trainer.micro_step(mb)
-        (loss * weight).backward()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    train_pass(trainer, batch)
     return time.perf_counter() - t0, batch.num_tokens
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.data import load_task
-from ibtpo.data.rewards import RewardSet
+from ibtpo.data.rewards import reward_set_of
 from ibtpo.training.trainer import Trainer
 
 
@@ -40,8 +40,7 @@ def make_trainer(model: str, dataset=None, reward_funcs=None, config: str | list
     `reward_funcs` (and `reward_weights`), from the built-in or YAML `config`(s) and `settings`
     overrides."""
     if reward_funcs is not None and reward_weights:
-        fns = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        reward_funcs = RewardSet([(f.__name__, f) for f in fns], reward_weights)
+        reward_funcs = reward_set_of(reward_funcs, reward_weights)
     configs = [config] if isinstance(config, str) else list(config)
     overrides = [f"train.init={model}"]
     if isinstance(dataset, str):

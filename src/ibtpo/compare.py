@@ -201,19 +201,12 @@ def _fresh_run_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def init_evaluation(cfg, cache: dict) -> dict:
-    """The held-out evaluation of `train.init` under `cfg`'s task and eval settings, computed
-    once per distinct setting (every run from one warm-up starts from the same figures)."""
-    from ibtpo.data import load_task
-    from ibtpo.rollout.policy import Policy
-
+def init_eval_key(cfg) -> str:
+    """What the held-out evaluation of `train.init` depends on: runs that agree on it start from
+    the same figures, so it is computed once per comparison."""
     d = cfg.to_dict()
-    key = json.dumps([cfg.train.init, d["task"], d["eval"], d["model"],
-                      cfg.sampling.max_new_tokens], sort_keys=True)
-    if key not in cache:
-        problems = load_task(cfg.task).eval_set()[: cfg.eval.size]
-        cache[key] = Policy(cfg, cfg.train.init).evaluate(cfg, problems, seed=cfg.eval.seed)
-    return cache[key]
+    return json.dumps([cfg.train.init, d["task"], d["eval"], d["model"],
+                       cfg.sampling.max_new_tokens], sort_keys=True)
 
 
 def run_one(cfg, progress: bool = True, reuse: bool = True,
@@ -227,9 +220,16 @@ def run_one(cfg, progress: bool = True, reuse: bool = True,
             print(f"   reusing the finished run in {out}")
             return summary, read_metrics(out / "metrics.jsonl")
     _fresh_run_dir(out)
-    init_eval = init_evaluation(cfg, init_cache) if init_cache is not None else None
-    start = time.perf_counter()  # the shared warm-up evaluation is not this run's time
-    Trainer(cfg, progress=progress, init_eval=init_eval).train()
+    start = time.perf_counter()
+    trainer = Trainer(cfg, progress=progress)
+    if init_cache is not None:
+        key = init_eval_key(cfg)
+        if key not in init_cache:
+            t0 = time.perf_counter()
+            init_cache[key] = trainer.evaluate()
+            start += time.perf_counter() - t0  # the shared warm-up evaluation is not this run's
+        trainer.init_eval = init_cache[key]
+    trainer.train()
     rows = read_metrics(out / "metrics.jsonl")
     summary = {**summarise_run(rows), "wall_s": time.perf_counter() - start,
                "config": cfg.to_dict()}

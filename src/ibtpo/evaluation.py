@@ -34,13 +34,12 @@ def decode_completion(tokenizer, token_ids: list[int]) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-def generate_and_score(engine, tokenizer, problems, reward_fn, repeat: int, max_new_tokens: int,
-                       sampling: SamplingParams, generator=None, encode=None) -> tuple[list, list]:
-    """`repeat` completions per problem (problem-major order): (rewards, samples).
-
-    `encode(text) -> ids` turns a prompt into tokens (default: `encode_prompt`, no template)."""
-    encode = encode or (lambda text: encode_prompt(tokenizer, text))
-    prefixes = [encode(p.prompt) for p in problems for _ in range(repeat)]
+def generate_and_score(engine, tokenizer, problems, prompt_ids: list[list[int]], reward_fn,
+                       repeat: int, max_new_tokens: int, sampling: SamplingParams,
+                       generator=None) -> tuple[list, list]:
+    """`repeat` completions per problem (problem-major order) from its encoded prompt
+    `prompt_ids[i]`: (rewards, samples)."""
+    prefixes = [ids for ids in prompt_ids for _ in range(repeat)]
     samples = engine.generate(prefixes, max_new_tokens, sampling, generator)
     completions = [decode_completion(tokenizer, s.token_ids) for s in samples]
     prompts = [p.prompt for p in problems for _ in range(repeat)]
@@ -83,16 +82,17 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
         raise ValueError("evaluate: expected at least one problem, got none")
     engine = Engine(model, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
                     batch_size=batch_size)
-    greedy, samples = generate_and_score(engine, tokenizer, problems, reward_fn, 1,
-                                         max_new_tokens, SamplingParams(temperature=0.0),
-                                         encode=encode)
+    encode = encode or (lambda text: encode_prompt(tokenizer, text))
+    prompt_ids = [encode(p.prompt) for p in problems]  # once, for the greedy and sampled passes
+    greedy, samples = generate_and_score(engine, tokenizer, problems, prompt_ids, reward_fn, 1,
+                                         max_new_tokens, SamplingParams(temperature=0.0))
     sampled = None
     if k > 0:
         device = next(model.parameters()).device
         generator = stream_generator(seed, EVAL_SAMPLING, device)
-        sampled, _ = generate_and_score(engine, tokenizer, problems, reward_fn, k, max_new_tokens,
-                                        SamplingParams(temperature=temperature), generator,
-                                        encode=encode)
+        sampled, _ = generate_and_score(engine, tokenizer, problems, prompt_ids, reward_fn, k,
+                                        max_new_tokens, SamplingParams(temperature=temperature),
+                                        generator)
     result = {"pass@1": mean_reward(greedy), "count": len(problems),
               "by_terms": group_figures(problems, greedy, sampled, k),
               "unscorable": sum(r is None for r in greedy),

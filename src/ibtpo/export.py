@@ -12,16 +12,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ibtpo.models import drop_quantization, load_model, save_checkpoint
+from ibtpo.models import load_model, save_checkpoint
 from ibtpo.training.lora import is_lora
 
 
 def plain_model(model):
     """A plain transformers model computing what `model` computes: LoRA adapters merged into a
-    copy of the base weights (the given model keeps its adapters)."""
-    if is_lora(model):
-        model = copy.deepcopy(model).merge_and_unload()
-    return drop_quantization(model)
+    copy of the base weights (the given model keeps its adapters). GGUF weights are plain
+    already: `load_model` drops their quantization marker."""
+    return copy.deepcopy(model).merge_and_unload() if is_lora(model) else model
 
 
 def export_model(model, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:

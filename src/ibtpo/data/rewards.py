@@ -285,6 +285,13 @@ class RewardSet:
         return out
 
 
+def reward_set_of(fns, weights: list[float] | None = None) -> RewardSet:
+    """One reward function in TRL's shape, or a list of them, as a `RewardSet` named by
+    `reward_name`."""
+    fns = list(fns) if isinstance(fns, (list, tuple)) else [fns]
+    return RewardSet([(reward_name(f), f) for f in fns], weights)
+
+
 def load_reward_fn(spec: str, weights: list[float] | None = None) -> RewardSet:
     """What `task.reward` names: comma-separated registered names or module:function entries."""
     entries = [e.strip() for e in spec.split(",") if e.strip()]

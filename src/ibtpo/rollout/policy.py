@@ -10,7 +10,7 @@ import random
 import torch
 
 from ibtpo.config import Config
-from ibtpo.data.rewards import RewardSet, load_reward_fn
+from ibtpo.data.rewards import RewardSet, load_reward_fn, reward_set_of
 from ibtpo.evaluation import evaluate
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.models import load_model, prompt_encoder, resolve_device, stop_token_ids
@@ -38,10 +38,7 @@ def reward_set(cfg: Config, reward_funcs=None) -> RewardSet:
     `RewardSet`, one function, or a list of functions (equal weights)."""
     if reward_funcs is None:
         return load_reward_fn(cfg.task.reward, cfg.task.reward_weights)
-    if isinstance(reward_funcs, RewardSet):
-        return reward_funcs
-    fns = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-    return RewardSet([(getattr(f, "__name__", f"reward{i}"), f) for i, f in enumerate(fns)])
+    return reward_funcs if isinstance(reward_funcs, RewardSet) else reward_set_of(reward_funcs)
 
 
 class Policy:
@@ -70,9 +67,8 @@ class Policy:
         self.model = self.engine.model = model
 
     def reward_metrics(self) -> dict:
-        """Per-function reward metrics since the last call (a reward set's; {} otherwise)."""
-        pop = getattr(self.reward_fn, "pop_metrics", None)
-        return pop() if pop is not None else {}
+        """Per-function reward metrics since the last call."""
+        return self.reward_fn.pop_metrics()
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -220,13 +220,14 @@ def unroll_pays(tree: Tree, attention_cost: float | None) -> bool:
     return sum(row_cost(c, attention_cost) for c in chains) < row_cost(packed, attention_cost)
 
 
-def tree_layouts(trees: list[Tree], attention_cost: float | None):
+def tree_layouts(trees: list[Tree], attention_cost: float | None, unroll: str = "auto"):
     """Layouts (one per packed tree, one per trajectory of an unrolled tree) and, per tree and
-    trajectory, (layout index, positions of its steps in that layout's node list)."""
+    trajectory, (layout index, positions of its steps in that layout's node list). `unroll`:
+    'auto' (where `unroll_pays`), 'never' or 'always'."""
     layouts, where = [], []
     for tree in trees:
         trajs = tree.trajectories()
-        if unroll_pays(tree, attention_cost):
+        if unroll == "always" or (unroll == "auto" and unroll_pays(tree, attention_cost)):
             where.append([(len(layouts) + g, list(range(len(t)))) for g, t in enumerate(trajs)])
             layouts += [layout_tree(tree, traj) for traj in trajs]
             continue
@@ -238,19 +239,20 @@ def tree_layouts(trees: list[Tree], attention_cost: float | None):
 
 
 def pack_trees(trees: list[Tree], pad_token_id: int, pack_tokens: int = 512,
-               attention_cost: float | None = None) -> PackedBatch:
+               attention_cost: float | None = None, unroll: str = "auto") -> PackedBatch:
     """Lay every tree out once and pack the layouts into rows of at most `pack_tokens` tokens.
 
     With `attention_cost` (what a token costs in (query, key) pairs, ~3x the model's hidden size
     for dense attention), a tree whose trajectories share too little to pay for the attention
-    between its branches is unrolled into one chain per trajectory (`unroll_pays`).
+    between its branches is unrolled into one chain per trajectory (`unroll_pays`); `unroll`
+    ('auto', 'never', 'always') overrides that choice.
     The loss weights are zero until `assign_advantages` (so the reference forward can run first).
     """
     if not trees:
         raise ValueError("trees: expected at least one tree")
     if pack_tokens < 1:
         raise ValueError(f"pack_tokens: expected an integer >= 1, got {pack_tokens!r}")
-    layouts, where = tree_layouts(trees, attention_cost)
+    layouts, where = tree_layouts(trees, attention_cost, unroll)
     base = np.cumsum([0] + [len(lay.nodes) for lay in layouts]).tolist()
     cols = {k: [] for k in ("ids", "pos", "span", "src", "lp", "node")}
     layout_rows = [0] * len(layouts)

@@ -20,8 +20,7 @@ from ibtpo.training.logprobs import sequence_logprobs
 def fill_ref_logprobs(model, trees: list[Tree], pad_token_id: int, temperature: float,
                       micro_batch_size: int) -> None:
     """Set `node.ref_logprobs` (one per token) on every step node of `trees`."""
-    zeros = [[[0.0] * len(traj) for traj in tree.trajectories()] for tree in trees]
-    batch = from_trees(trees, zeros, pad_token_id)
+    batch = from_trees(trees, None, pad_token_id)
     device = next(model.parameters()).device
     rows = []
     for i in range(0, len(batch), micro_batch_size):
@@ -29,6 +28,12 @@ def fill_ref_logprobs(model, trees: list[Tree], pad_token_id: int, temperature: 
         logp, _ = sequence_logprobs(model, mb.input_ids, mb.attention_mask, temperature,
                                     entropy=None)  # (n, T)
         rows += logp.cpu().tolist()
+    set_step_logprobs(trees, rows)
+
+
+def set_step_logprobs(trees: list[Tree], rows: list[list[float]]) -> None:
+    """`node.ref_logprobs` of every step from per-token log-prob rows laid out as
+    `from_trees(trees, ...)` lays out the trajectories (the first row through a step sets it)."""
     trajectories = [(tree, traj) for tree in trees for traj in tree.trajectories()]
     for (tree, traj), row in zip(trajectories, rows):
         start = len(tree.prompt_ids)

@@ -46,7 +46,7 @@ from ibtpo.training.distributed import Dist, rank_stream
 from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
-from ibtpo.training.reference import fill_ref_logprobs
+from ibtpo.training.reference import set_step_logprobs
 
 
 class Trainer:
@@ -54,12 +54,13 @@ class Trainer:
     ``advantage.estimator``)."""
 
     def __init__(self, cfg: Config, *, resume: bool = False, progress: bool = True,
-                 init_eval: dict | None = None, task=None, reward_funcs=None):
-        """``init_eval``: the evaluation of ``train.init`` when the caller already has it (runs
-        from one warm-up share it), logged at step 0 instead of evaluating again. ``task`` (an
-        object with ``train_batch`` / ``eval_set``) and ``reward_funcs`` (TRL-shaped functions)
-        replace ``task.name`` and ``task.reward`` when given (the Python API)."""
-        self.cfg, self.out, self.init_eval = cfg, Path(cfg.train.out_dir), init_eval
+                 task=None, reward_funcs=None):
+        """``task`` (an object with ``train_batch`` / ``eval_set``) and ``reward_funcs``
+        (TRL-shaped functions) replace ``task.name`` and ``task.reward`` when given (the Python
+        API). Set ``init_eval`` before ``train()`` to log a known evaluation of ``train.init`` at
+        step 0 instead of evaluating again (runs from one warm-up share it)."""
+        self.cfg, self.out = cfg, Path(cfg.train.out_dir)
+        self.init_eval: dict | None = None
         self.dist = Dist(cfg.model.device)
         self.dist.check_prompts_per_step(cfg.train.prompts_per_step)
         self.progress = progress and self.dist.is_main
@@ -118,14 +119,7 @@ class Trainer:
         trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng,
                                                         self.generator)
         t1 = time.perf_counter()
-        batch = self.make_batch(trees)
-        if self.cfg.train.recompute_old_logprobs:
-            batch = self.recompute_old_logprobs(batch)
-        self.reference_logprobs(batch)
-        if self.adv_params.ib_prob == "ref":
-            self.fill_step_ref_logprobs(batch, trees)
-        advantages, adv_metrics = self.estimator(trees, self.adv_params)
-        batch = self.assign_advantages(batch, trees, advantages)
+        batch, adv_metrics = self.prepare_batch(trees)
         ckpt.fault_point("step:rollout", self.step + 1)
         loss_metrics = self.update(batch)
         t2 = time.perf_counter()
@@ -145,20 +139,25 @@ class Trainer:
         return {**metrics, "train/step": self.step, "train/generated_tokens": self.generated_tokens,
                 "train/lr": self.scheduler.get_last_lr()[0]}
 
+    def prepare_batch(self, trees):
+        """The step's training batch from its trees, and the advantage metrics: layout, old
+        log-probs (recomputed when asked), reference log-probs, advantages."""
+        batch = self.make_batch(trees)
+        if self.cfg.train.recompute_old_logprobs:
+            batch = self.recompute_old_logprobs(batch)
+        self.reference_logprobs(batch)
+        if self.adv_params.ib_prob == "ref":
+            self.fill_step_ref_logprobs(batch, trees)
+        advantages, adv_metrics = self.estimator(trees, self.adv_params)
+        return self.assign_advantages(batch, trees, advantages), adv_metrics
+
     @torch.no_grad()
     def recompute_old_logprobs(self, batch):
         """The batch with its old log-probs from the training forward (micro-batch by micro-batch,
         as the update runs it), so the first ratio is 1 up to the kernels' determinism."""
         self.model.eval()
-        out = torch.zeros_like(batch.old_logprobs)  # (N, T): 0 on prompt and padding
-        for i, j in self.micro_batch_bounds(batch):
-            mb = batch.slice(i, j)
-            with self.autocast():  # the training forward's precision: the first ratio is 1
-                logprobs, _ = sequence_logprobs(self.train_forward, entropy=None,
-                                                temperature=self.cfg.sampling.temperature,
-                                                **mb.model_inputs())
-            out[i:j, :logprobs.shape[1]] = logprobs * mb.trained_mask()
-        return dataclasses.replace(batch, old_logprobs=out)
+        out = self.batch_logprobs(self.train_forward, batch) * batch.trained_mask()
+        return dataclasses.replace(batch, old_logprobs=out)  # 0 on prompt and padding
 
     def make_batch(self, trees):
         """The step's token layout and old log-probs on the device (packed or padded rows)."""
@@ -166,8 +165,8 @@ class Trainer:
         if not t.pack_trees:
             return padded.from_trees(trees, None, pad).to(self.policy.device)
         hidden = getattr(self.policy.model.config, "hidden_size", None) or 512
-        cost = {"auto": 3.0 * hidden, "never": None, "always": 1e-9}[t.pack_unroll]
-        batch = packing.pack_trees(trees, pad, t.pack_tokens or hidden, cost)
+        batch = packing.pack_trees(trees, pad, t.pack_tokens or hidden, 3.0 * hidden,
+                                   t.pack_unroll)
         return batch.to(self.policy.device)
 
     def assign_advantages(self, batch, trees, advantages):
@@ -179,29 +178,33 @@ class Trainer:
     def reference_logprobs(self, batch) -> None:
         """Reference log-probs of every token (no gradient), once per step, into
         ``batch.ref_logprobs``; nothing when there is no reference (``loss.beta_kl = 0``)."""
-        if self.ref_model is None:
-            return
-        out = torch.zeros(batch.input_ids.shape, device=batch.input_ids.device)  # (N, T)
-        for i, j in self.micro_batch_bounds(batch):
-            mb = batch.slice(i, j)
-            out[i:j, :mb.input_ids.shape[1]] = self.ref_forward(mb)
-        batch.ref_logprobs = out
+        if self.ref_model is not None:
+            batch.ref_logprobs = self.batch_logprobs(self.ref_forward_model, batch)
 
     def fill_step_ref_logprobs(self, batch, trees) -> None:
-        """``node.ref_logprobs`` of every step (A_IB with pi_ref, ``advantage.ib_prob = "ref"``):
-        from this step's reference forward when packed, else one more padded forward."""
+        """``node.ref_logprobs`` of every step (A_IB with pi_ref, ``advantage.ib_prob = "ref"``),
+        read from this step's reference forward (packed trees or padded rows)."""
         if isinstance(batch, packing.PackedBatch):
             for node, values in packing.node_values(batch, batch.ref_logprobs).items():
                 node.ref_logprobs = values.tolist()
-            return
-        fill_ref_logprobs(self.ref_model, trees, self.policy.tokenizer.pad_token_id,
-                          self.cfg.sampling.temperature, self.cfg.train.micro_batch_size)
+        else:
+            set_step_logprobs(trees, batch.ref_logprobs.cpu().tolist())
 
-    def ref_forward(self, mb):
+    def forward_logprobs(self, model, mb) -> torch.Tensor:
+        """(n, T) log-probs of `model` on a micro-batch, no gradient, in the training forward's
+        precision (so recomputed old log-probs give a first ratio of 1)."""
         with torch.no_grad(), self.autocast():
-            return sequence_logprobs(self.ref_forward_model,
-                                     temperature=self.cfg.sampling.temperature, entropy=None,
-                                     **mb.model_inputs())[0]
+            return sequence_logprobs(model, temperature=self.cfg.sampling.temperature,
+                                     entropy=None, **mb.model_inputs())[0]
+
+    def batch_logprobs(self, model, batch) -> torch.Tensor:
+        """(N, T) `forward_logprobs` over the whole batch, micro-batch by micro-batch as the
+        update runs it; 0 past a micro-batch's width."""
+        out = torch.zeros(batch.input_ids.shape, device=batch.input_ids.device)
+        for i, j in self.micro_batch_bounds(batch):
+            mb = batch.slice(i, j)
+            out[i:j, :mb.input_ids.shape[1]] = self.forward_logprobs(model, mb)
+        return out
 
     def autocast(self):
         """bf16 autocast of the training forwards when ``train.autocast = bf16``."""
@@ -256,7 +259,7 @@ class Trainer:
                                                   temperature=self.cfg.sampling.temperature,
                                                   **mb.model_inputs())
         if mb.ref_logprobs is None and self.ref_model is not None:
-            mb.ref_logprobs = self.ref_forward(mb)
+            mb.ref_logprobs = self.forward_logprobs(self.ref_forward_model, mb)
         lc = self.cfg.loss
         return mb.loss(logprobs, entropy, eps_low=lc.eps_low, eps_high=lc.eps_high,
                        beta_kl=lc.beta_kl, entropy_coef=lc.entropy_coef, agg_mode=lc.agg_mode,
