@@ -22,7 +22,17 @@ import numpy as np
 from common import RESULTS, write_section
 from ibtpo.compare import SMOOTH_STEPS, band, plot_curves
 from ibtpo.stats import fmt_ci, mean_ci, paired_ci
-from methods import BUDGET, EVALS, QUICK_BUDGET, QUICK_EVALS, run
+from methods import (
+    BUDGET,
+    EVALS,
+    MAIN,
+    MAIN_SEEDS,
+    QUICK_BUDGET,
+    QUICK_EVALS,
+    QUICK_SEEDS,
+    SEEDS,
+    run,
+)
 
 CONFIGS = ("grpo", "grpo_clip_higher", "grpo_entropy", "ibtpo")
 FIGURES = {  # file -> (what it reproduces, metrics)
@@ -83,7 +93,7 @@ def sign(ci: tuple[float, float]) -> str:
             else "its interval includes 0")
 
 
-def reading(curves: dict, budget: int) -> str:
+def reading(curves: dict) -> str:
     """Generated sentences: does entropy fall, is the IB-Score / cov positive, per config."""
     lines = []
     for name, runs in curves.items():
@@ -119,9 +129,9 @@ def reading(curves: dict, budget: int) -> str:
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
-    names = ["grpo", "ibtpo"] if args.quick else list(CONFIGS)
+    names = list(MAIN) if args.quick else list(CONFIGS)
     budget = args.budget or (QUICK_BUDGET if args.quick else BUDGET)
-    seeds = {n: args.seeds or (2 if args.quick else 8 if n in ("grpo", "ibtpo") else 4)
+    seeds = {n: args.seeds or (QUICK_SEEDS if args.quick else MAIN_SEEDS if n in MAIN else SEEDS)
              for n in names}
     _, results, curves = run(names, seeds, budget, QUICK_EVALS if args.quick else EVALS)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -130,10 +140,11 @@ def main() -> None:
         plot_curves(curves, RESULTS / file, keys=keys)
         parts.append(f"**{title}**\n\n![{title}]({file})\n")
     body = (f"Configs {', '.join(names)}; seeds {seeds}; {budget:,} generated tokens per run. "
-            "Curves: mean over seeds, band = 95% t-interval; step metrics smoothed over 5 steps."
+            "Curves: mean over seeds, band = 95% t-interval; step metrics smoothed over "
+            f"{SMOOTH_STEPS} steps."
             "\n\n"
             + "\n".join(parts) + "\n" + at_fractions(curves, budget)
-            + "\n### Reading (generated)\n\n" + reading(curves, budget))
+            + "\n### Reading (generated)\n\n" + reading(curves))
     write_section("dynamics", "Study 3 — training dynamics (paper Figures 1, 3, 5)", body,
                   time.perf_counter() - start, {"budget": budget, "seeds": seeds},
                   runs=results)

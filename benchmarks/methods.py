@@ -35,6 +35,7 @@ METHODS = {  # config -> what it is
     "ibtpo": "IB-TPO (IB tree + IB-TPO advantage)",
 }
 MAIN = ("grpo", "ibtpo")
+SEEDS, MAIN_SEEDS, QUICK_SEEDS = 4, 8, 2  # per method; GRPO and IB-TPO; each in --quick
 RUNS = ROOT / "runs" / "testbed" / "methods"
 BUDGET, QUICK_BUDGET = 300_000, 60_000  # GRPO's held-out accuracy plateaus by ~150k tokens
 EVALS, QUICK_EVALS = 4, 2  # held-out evaluations per run (at equal fractions of the budget)
@@ -45,8 +46,10 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="GRPO and IB-TPO, 2 seeds, small budget")
     p.add_argument("--budget", type=int, default=None, help=f"generated tokens (default {BUDGET})")
-    p.add_argument("--seeds", type=int, default=4, help="seeds of every method (default 4)")
-    p.add_argument("--main-seeds", type=int, default=8, help="seeds of GRPO and IB-TPO (8)")
+    p.add_argument("--seeds", type=int, default=SEEDS,
+                   help=f"seeds of every method (default {SEEDS})")
+    p.add_argument("--main-seeds", type=int, default=MAIN_SEEDS,
+                   help=f"seeds of GRPO and IB-TPO ({MAIN_SEEDS})")
     p.add_argument("--methods", nargs="*", default=None, help="subset of the methods")
     return p.parse_args()
 
@@ -54,7 +57,7 @@ def parse_args() -> argparse.Namespace:
 def plan(args) -> tuple[list[str], dict[str, int], int]:
     """(methods, seeds per method, budget) of this invocation."""
     if args.quick:
-        return list(MAIN), dict.fromkeys(MAIN, 2), args.budget or QUICK_BUDGET
+        return list(MAIN), dict.fromkeys(MAIN, QUICK_SEEDS), args.budget or QUICK_BUDGET
     names = args.methods or list(METHODS)
     seeds = {n: max(args.seeds, args.main_seeds) if n in MAIN else args.seeds for n in names}
     return names, seeds, args.budget or BUDGET
