@@ -67,8 +67,9 @@ class Policy:
         self.model = self.engine.model = model
 
     def reward_metrics(self) -> dict:
-        """Per-function reward metrics since the last call."""
-        return self.reward_fn.pop_metrics()
+        """Per-function reward metrics since the last call (a reward set's; {} otherwise)."""
+        pop = getattr(self.reward_fn, "pop_metrics", None)
+        return pop() if pop is not None else {}
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
