@@ -16,10 +16,14 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
+from ibtpo import kernels
 
-from ibtpo.config import load_config
-from ibtpo.models import read_extra
+kernels.pin("portable")  # before torch runs anything (ibtpo/kernels.py)
+
+import torch  # noqa: E402
+
+from ibtpo.config import load_config  # noqa: E402
+from ibtpo.models import read_extra  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

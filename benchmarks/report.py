@@ -21,7 +21,21 @@ readings are generated from the runs. Testbed: the built-in arithmetic task (4 t
 single-digit operands, one step per operation, 1,000 held-out problems) and the `nano` model
 (a 0.34M-parameter Llama with a character tokenizer) after the default warm-up (`ibtpo sft`: it
 stops at the first validation, every 25 steps on 300 training-distribution problems, whose greedy
-accuracy reaches 0.4; seeded and not timed, so every machine starts RL from the same model).
+accuracy reaches 0.4; seeded and not timed).
+
+**What reproduces** (measured 2026-12-06 with `ibtpo sft`, default config). The warm-up is a
+function of its seeds *and of the CPU kernels* that torch, MKL and oneDNN run. On the AVX-512
+kernels it stops at step 575 with held-out pass@1 0.438 (model.safetensors sha256
+`0dc2ead27d5c992b…`); on the AVX2 kernels, forced on the same machine, at step 425 with 0.360
+(sha256 `ed9e5158f56354f1…`), bit for bit the weights, losses and stopping step that a real AVX2
+machine gave by default. A last-bit difference is enough: the warm-up's sudden accuracy jump
+turns it into another model. Since then every command runs on the portable kernels
+(`model.kernels=portable`, ibtpo/kernels.py), so every x86-64 machine with AVX2 starts RL from
+the 425-step model; on one machine a seeded run is bit-identical when repeated (resume and
+rerun tests). **The studies below ran before the kernels were pinned, from the 575-step
+AVX-512 warm-up**: a rerun starts from the 425-step one, and its figures move (the demo, 3 seeds
+x 100k tokens, on the AVX2 machine: GRPO 0.485 ± 0.033, IB-TPO 0.499 ± 0.011 from 0.360, against
+0.512 and 0.507 from 0.438 here). Their rerun under the pinned kernels is the next evidence round.
 """
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ibtpo.models import build_model, build_tokenizer
+from ibtpo import kernels
+
+kernels.pin("portable")  # before torch runs anything: every x86-64 machine computes the same bits
+
+from ibtpo.models import build_model, build_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

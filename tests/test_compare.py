@@ -27,6 +27,12 @@ def test_compare_runs_every_config_to_the_same_token_budget(warm_checkpoint, tmp
     assert results["ibtpo"][0]["rollout/trajectories_per_prompt"] == 12
     assert results["grpo"][0]["rollout/trajectories_per_prompt"] == 8
     assert "| grpo | 1 |" in table and "| ibtpo | 1 |" in table
+    # both runs start from the warm-up's weights, and the report names them
+    warm = json.loads((warm_checkpoint / "ibtpo.json").read_text())["final_eval"]["fingerprint"]
+    for runs in results.values():
+        assert runs[0]["init_fingerprint"]["weights"] == warm["weights"]
+        assert runs[0]["fingerprint"]["weights"] != warm["weights"]  # trained
+    assert f"Warm-up fingerprint: weights {warm['weights']}, kernels portable (" in table
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     assert (tmp_path / "compare.md").read_text().startswith(
         "# Comparison at 1,500 generated tokens")

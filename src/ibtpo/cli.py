@@ -24,11 +24,13 @@ def cmd_sft(args):
     from rich.console import Console
 
     from ibtpo.evaluation import format_table
+    from ibtpo.models import describe_fingerprint
     from ibtpo.training.sft import run_sft
 
     final = run_sft(cfg, progress=not args.no_progress)
     Console().print(format_table(final, cfg.eval.k, f"warm-up: {final['steps']} steps in "
                                  f"{final['train_seconds']:.0f} s -> {cfg.sft.out_dir}"))
+    print(f"fingerprint: {describe_fingerprint(final['fingerprint'])}")
 
 
 def cmd_eval(args):
@@ -156,8 +158,26 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _pin_kernels(args: argparse.Namespace) -> None:
+    """Pin the CPU kernels of the command's config (``model.kernels``) before torch is imported;
+    a config that does not load is left to the command, which reports it."""
+    from ibtpo import kernels
+
+    try:
+        if args.command == "compare":
+            cfg = load_config([resolve_config_path(args.configs[0])], list(args.set))
+        elif args.command == "demo":
+            cfg = load_config(overrides=list(args.set))
+        else:
+            cfg = _config(args)
+    except (ValueError, OSError):
+        return
+    kernels.pin(cfg.model.kernels)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _pin_kernels(args)
     if args.command != "config":
         _quiet_transformers()
     from ibtpo.training.faults import TrainingError

@@ -6,8 +6,9 @@ generated tokens.
   same training-prompt stream (`ibtpo.seeding`), same held-out problems and evaluation samples.
 - Every figure is a mean over seeds ± the half-width of its 95% Student-t interval; the differences
   to the baseline config (the first one, or `baseline=`) are paired by seed.
-- A finished run writes `summary.json` next to its `metrics.jsonl`; a later comparison with the
-  same config reuses it instead of training again (`reuse=False` retrains).
+- A finished run writes `summary.json` next to its `metrics.jsonl`, with the fingerprints of its
+  warm-up and final weights and the kernels it ran on (`ibtpo.models.fingerprint`); a later
+  comparison with the same config reuses it instead of training again (`reuse=False` retrains).
 
 ``ibtpo demo`` = warm-up (reused when present) -> compare GRPO vs IB-TPO -> ``runs/demo/``.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from ibtpo.config import ConfigError, load_config, resolve_config_path
 from ibtpo.metrics import read_metrics
+from ibtpo.models import describe_fingerprint, fingerprint
 from ibtpo.stats import fmt_ci, mean_ci, paired_ci
 from ibtpo.training.trainer import Trainer, config_with
 
@@ -112,13 +114,23 @@ def rollout_table(results: dict[str, list[dict]]) -> str:
 def markdown_report(results: dict[str, list[dict]], budget: int, baseline: str) -> str:
     """The comparison as markdown: outcomes, rollout statistics, and how to read them."""
     seeds = sorted({len(r) for r in results.values()})
-    init = _values([r for runs in results.values() for r in runs], "init_pass@1")
+    runs = [r for group in results.values() for r in group]
+    init = _values(runs, "init_pass@1")
     return (f"Every run: {budget:,} generated tokens from the same warm-up checkpoint "
             f"(held-out pass@1 {init[0]:.3f}); seeds per config: "
-            f"{', '.join(map(str, seeds))}.\n"
+            f"{', '.join(map(str, seeds))}.\n" + _fingerprint_line(runs) +
             "± is the half-width of the 95% Student-t interval over seeds; Δ are per-seed paired "
             "differences (same prompts, same evaluation) in percentage points.\n\n"
             + outcome_table(results, baseline) + "\n" + rollout_table(results))
+
+
+def _fingerprint_line(runs: list[dict]) -> str:
+    """The warm-up's fingerprint (weights digest and kernels), so a reader sees whether a rerun
+    started from the same model; runs written before fingerprints existed say so."""
+    prints = {describe_fingerprint(r["init_fingerprint"]) for r in runs if "init_fingerprint" in r}
+    if not prints:
+        return "Warm-up fingerprint: not recorded (runs from before fingerprints existed).\n"
+    return f"Warm-up fingerprint: {'; '.join(sorted(prints))}.\n"
 
 
 # ----------------------------------------------------------------------------- plots
@@ -232,7 +244,9 @@ def run_one(cfg, progress: bool = True, reuse: bool = True,
     trainer.train()
     rows = read_metrics(out / "metrics.jsonl")
     summary = {**summarise_run(rows), "wall_s": time.perf_counter() - start,
-               "config": cfg.to_dict()}
+               "init_fingerprint": trainer.init_fingerprint,
+               "fingerprint": fingerprint(trainer.model, trainer.dist.full_state_dict(
+                   trainer.model)), "config": cfg.to_dict()}
     tmp = summary_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, summary_path)
@@ -276,6 +290,10 @@ def _check_comparable(cfgs: dict, budget: int, seeds: dict, baseline: str) -> No
     if budget <= 0:
         problems.append("train.token_budget: a comparison needs a generated-token budget "
                         "(pass --token-budget N or set train.token_budget in the configs)")
+    kernel_modes = {c.model.kernels for c in cfgs.values()}
+    if len(kernel_modes) > 1:
+        problems.append(f"model.kernels: configs use different kernels {sorted(kernel_modes)}; "
+                        "a comparison runs in one process on one (use --set model.kernels=...)")
     inits = {c.train.init for c in cfgs.values()}
     if len(inits) > 1:
         problems.append(f"train.init: configs start from different checkpoints {sorted(inits)}; "

@@ -99,6 +99,11 @@ class ModelConfig:
                             "message, then the assistant turn opens (instruct / chat models)")
     system_prompt: str = F("", "system message before the prompt when chat_template is on "
                            "('' = none, or the template's own default)")
+    kernels: str = F("portable", "CPU kernels: 'portable' (torch, MKL and oneDNN on their AVX2 "
+                     "kernels: a seeded run gives the same bits on every x86-64 machine with AVX2) "
+                     "or 'native' (this processor's own choice, e.g. AVX-512: faster where it "
+                     "helps, other last bits on other machines); see ibtpo/kernels.py",
+                     choices=("portable", "native"))
 
 
 @dataclass

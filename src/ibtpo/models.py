@@ -17,6 +17,9 @@ Everything the default pipeline needs is built in code (no downloads):
 - `prompt_encoder`: text -> prompt ids, plain (BOS + text) or in the tokenizer's chat template.
 - `save_checkpoint(...)`: an HF checkpoint directory (safetensors, tokenizer, `ibtpo.json`)
   written atomically: into a temp dir next to the target, then renamed over it.
+- `fingerprint(model)`: a short hash of the weights and the kernel settings in force
+  (`ibtpo.kernels`), recorded in every warm-up's `ibtpo.json` and every run's checkpoints and
+  summary, so a reader sees whether two runs started from the same model.
 
 Choice: attention runs with `attn_implementation="sdpa"`: measured on the 2-core CPU, a training
 step (forward + backward + AdamW) of `tiny` on a batch of 128 x 60 tokens ran at 6.4k tokens/s
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -46,6 +50,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from ibtpo import kernels
 from ibtpo.inputs import check_vocab
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>",
@@ -307,6 +312,31 @@ def read_extra(path: str | Path) -> dict:
     if not isinstance(extra, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(extra).__name__}")
     return extra
+
+
+def weights_digest(state: dict) -> str:
+    """sha256 of a state dict (each tensor's name, dtype, shape and bytes, in name order), its
+    first 16 hex digits: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(model, state: dict | None = None) -> dict:
+    """What a reader compares between two runs: the digest of the weights (`state`, or the
+    model's own state dict), the kernel settings in force (`ibtpo.kernels.settings`) and their
+    one-line description."""
+    s = kernels.settings()
+    return {"weights": weights_digest(model.state_dict() if state is None else state),
+            "kernels": kernels.describe(s), "kernel_settings": s}
+
+
+def describe_fingerprint(fp: dict) -> str:
+    """``weights 1a2b3c4d5e6f7a8b, kernels portable (ATen AVX2, ...)``."""
+    return f"weights {fp['weights']}, kernels {fp['kernels']}"
 
 
 def write_checkpoint_files(model, tokenizer, directory: Path, extra: dict | None,

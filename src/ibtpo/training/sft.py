@@ -21,7 +21,8 @@ tokens and the EOS (never the prompt, never padding). Choices (config keys in br
   jump; stopping on validation accuracy starts RL from the same skill on every machine, and is
   as reproducible as the step count (a function of the seeds, never of wall time).
 - A final evaluation (pass@1 and avg@k on `eval.size` held-out problems, `eval.k`,
-  `eval.temperature`) is written into the checkpoint's ibtpo.json.
+  `eval.temperature`) and the fingerprint (weights digest, kernels in force [`model.kernels`],
+  `ibtpo.models.fingerprint`) are written into the checkpoint's ibtpo.json.
 - Log [`sft.log_every`]: `{out_dir}/sft_log.jsonl`, one JSON object per line with `step`,
   `sft/loss` (mean since the last line), `sft/lr`, `sft/tokens_per_s` (non-pad tokens per second
   of training), `time/elapsed_s` (wall time since the start, evaluations included), and
@@ -45,10 +46,11 @@ from pathlib import Path
 
 import torch
 
+from ibtpo import kernels
 from ibtpo.data import load_task
 from ibtpo.data.rewards import load_reward_fn
 from ibtpo.evaluation import evaluate, held_out
-from ibtpo.models import check_replaceable, encode_prompt, load_model, save_checkpoint
+from ibtpo.models import check_replaceable, encode_prompt, fingerprint, load_model, save_checkpoint
 from ibtpo.progress import progress_bar
 from ibtpo.seeding import SFT_INIT, SFT_PROBLEMS, SFT_VALIDATION, stream_rng, stream_seed
 
@@ -184,6 +186,7 @@ class SFTRun:
 
     def __init__(self, cfg, progress: bool):
         self.cfg, self.s = cfg, cfg.sft
+        kernels.pin(cfg.model.kernels)
         self.model, self.tokenizer = load_model(cfg.model.name_or_path, cfg.model.device,
                                                 cfg.model.dtype,
                                                 seed=stream_seed(cfg.sft.seed, SFT_INIT),
@@ -267,7 +270,8 @@ class SFTRun:
                           temperature=c.eval.temperature, max_new_tokens=c.sampling.max_new_tokens,
                           batch_size=c.eval.batch_size, seed=c.eval.seed)
         final = {"steps": steps, "train_seconds": self.elapsed, **result,
-                 "loss": next((h["sft/loss"] for h in reversed(self.history)), None)}
+                 "loss": next((h["sft/loss"] for h in reversed(self.history)), None),
+                 "fingerprint": fingerprint(self.model)}
         extra = {**self.task.settings(), "model": c.to_dict()["model"],
                  "sft": c.to_dict()["sft"], "final_eval": final}
         save_checkpoint(self.model, self.tokenizer, self.out_dir, extra,

@@ -32,10 +32,12 @@ from pathlib import Path
 
 import torch
 
+from ibtpo import kernels
 from ibtpo.config import Config
 from ibtpo.core.advantages import AdvParams, get_estimator
 from ibtpo.data import load_task
 from ibtpo.metrics import MetricsLogger, tree_metrics
+from ibtpo.models import fingerprint
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
 from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
@@ -60,6 +62,7 @@ class Trainer:
         API). Set ``init_eval`` before ``train()`` to log a known evaluation of ``train.init`` at
         step 0 instead of evaluating again (runs from one warm-up share it)."""
         self.cfg, self.out = cfg, Path(cfg.train.out_dir)
+        kernels.pin(cfg.model.kernels)
         self.init_eval: dict | None = None
         self.dist = Dist(cfg.model.device)
         self.dist.check_prompts_per_step(cfg.train.prompts_per_step)
@@ -73,6 +76,7 @@ class Trainer:
         if cfg.lora.r > 0:
             self.policy.replace_model(add_adapters(self.policy.model, cfg.lora))
         self.model = self.policy.model
+        self.init_fingerprint = fingerprint(self.model)  # train.init as loaded
         needs_ref = cfg.loss.beta_kl > 0 or (cfg.advantage.estimator == "ibtpo"
                                              and cfg.advantage.ib_prob == "ref")
         self.ref_model = _reference(self.model) if needs_ref else None
@@ -381,7 +385,8 @@ class Trainer:
     def write_files(self, directory: Path, state: dict, model_state: dict) -> None:
         """The files of one checkpoint: HF model and tokenizer, ibtpo.json, trainer state."""
         extra = {"config": self.cfg.to_dict(), "step": self.step, **self.task.settings(),
-                 "base_model": self.cfg.train.init}
+                 "base_model": self.cfg.train.init, "init_fingerprint": self.init_fingerprint,
+                 "fingerprint": fingerprint(self.model, model_state)}
         model = self.dist.unwrap(self.model)
         ckpt.write_model_files(model, self.policy.tokenizer, directory, extra,
                                None if is_lora(model) else model_state)  # LoRA: adapters only
