@@ -34,8 +34,11 @@ turns it into another model. Since then every command runs on the portable kerne
 the 425-step model; on one machine a seeded run is bit-identical when repeated (resume and
 rerun tests). **The studies below ran before the kernels were pinned, from the 575-step
 AVX-512 warm-up**: a rerun starts from the 425-step one, and its figures move (the demo, 3 seeds
-x 100k tokens, on the AVX2 machine: GRPO 0.485 ± 0.033, IB-TPO 0.499 ± 0.011 from 0.360, against
-0.512 and 0.507 from 0.438 here). Their rerun under the pinned kernels is the next evidence round.
+x 100k tokens, pinned here: GRPO 0.485 ± 0.033, IB-TPO 0.496 ± 0.018 from 0.360, against 0.512
+and 0.507 from 0.438 before). Across machines the pinned demo reproduces the warm-up and GRPO
+(0.485 ± 0.033 on the real AVX2 machine too) but not yet IB-TPO exactly (0.499 ± 0.011 there,
+28.8 against 29.0 trajectories per 1k tokens): a part of the tree path still computes other bits
+there, within the interval. Their rerun under the pinned kernels is the next evidence round.
 """
 
 

@@ -11,7 +11,8 @@ Reproducibility).
 - ``portable`` (default): the kernels every x86-64 CPU with AVX2 has, whatever the machine:
   ``ATEN_CPU_CAPABILITY=avx2``, ``MKL_CBWR=AVX2``, ``ONEDNN_MAX_CPU_ISA=AVX2``. A run on an AVX-512
   machine then computes bit for bit what it computes on an AVX2 one (measured: the warm-up's
-  weights, losses and stopping step match a real AVX2 machine's). What it cannot pin: another CPU
+  weights, losses and stopping step and the demo's GRPO runs match a real AVX2 machine's; its
+  IB-TPO runs still differ slightly, cause not yet found). What it cannot pin: another CPU
   architecture (ARM), a CPU without AVX2 (ATen falls back to its DEFAULT kernels, and the
   fingerprint says so), another torch / MKL / oneDNN version, and CUDA kernels.
 - ``native``: the libraries' own choice for this processor (faster where AVX-512 helps, bf16
