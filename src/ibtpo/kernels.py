@@ -28,8 +28,6 @@ is in force, for the fingerprint of every warm-up and run (``ibtpo.models.finger
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 import warnings
@@ -75,8 +73,3 @@ def describe(s: dict | None = None) -> str:
     return (f"{s['mode']} (ATen {s['aten']}, MKL {s['mkl_cbwr']}, oneDNN {s['onednn_isa']}, "
             f"{s['threads']} threads, torch {s['torch']})")
 
-
-def digest(s: dict | None = None) -> str:
-    """A short hash of the settings (12 hex digits)."""
-    text = json.dumps(s or settings(), sort_keys=True)
-    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
