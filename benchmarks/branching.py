@@ -26,7 +26,7 @@ from ibtpo.config import load_config
 from ibtpo.core.ib_score import node_ib_scores
 from ibtpo.core.tree import leaf_reward
 from ibtpo.rollout.policy import Policy
-from ibtpo.seeding import BRANCHING, SAMPLING, stream_generator, stream_rng
+from ibtpo.seeding import SAMPLING, stream_key
 from ibtpo.stats import bootstrap_ci
 
 TREE = {"b0": 4, "rounds": 9, "k": 1, "bn": 1}
@@ -77,10 +77,11 @@ def grow(model: str, strategy: dict, prompts: int, seed: int) -> list[dict]:
     from ibtpo.data import load_task
 
     problems = load_task(cfg.task).eval_set()[:prompts]
-    rng, gen = stream_rng(seed, BRANCHING), stream_generator(seed, SAMPLING, policy.device)
-    records = []
-    for i in range(0, len(problems), cfg.train.prompts_per_step):
-        trees, _ = policy.grow_trees(cfg, problems[i:i + cfg.train.prompts_per_step], rng, gen)
+    records, chunk = [], cfg.train.prompts_per_step
+    for i in range(0, len(problems), chunk):
+        keys = [stream_key(seed, SAMPLING, "score", j)
+                for j in range(i, min(i + chunk, len(problems)))]
+        trees, _ = policy.grow_trees(cfg, problems[i:i + chunk], keys)
         records += [tree_record(t, cfg.advantage.beta) for t in trees]
     return records
 

@@ -3,8 +3,8 @@
     python tests/_dp_worker.py OUT INIT
     accelerate launch --multi_gpu --num_processes 2 ... tests/_dp_worker.py OUT INIT
 
-Part 1: three training steps on trees that do not depend on the number of processes (each
-prompt's tree is grown alone with a generator seeded by the prompt's text), one step per loss
+Part 1: three training steps (trees do not depend on the number of processes: each is keyed by
+its step and its prompt's index in the step, `Trainer.tree_key`), one step per loss
 aggregation mode, with micro-batches of 3 rows in steps 2 and 3 (packed trees: one tree each; so
 ranks run different numbers of micro-batches); after each step rank 0 saves the all-reduced
 gradients, the weights and the metrics to OUT/steps.pt, and every rank writes how many prompts it
@@ -16,9 +16,7 @@ at each, then a resume to step 3, in OUT/loop.
 from __future__ import annotations
 
 import json
-import random
 import sys
-import zlib
 from pathlib import Path
 
 import torch
@@ -33,29 +31,22 @@ SETTINGS = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "eval.s
 MODES = [("seq-mean-token-mean", 64), ("token-mean", 3), ("seq-mean-token-sum-norm", 3)]
 
 
-def per_prompt_trees(trainer: Trainer):
-    """Replace grow_trees by one call per prompt with its own seeds (same trees in any split)."""
+def count_grown(trainer: Trainer):
+    """Count the prompts this rank grows trees for (in `trainer.grown`)."""
     grow = trainer.policy.grow_trees
 
-    def grow_each(cfg, problems, rng, generator):
-        trees, stats = [], {}
-        for p in problems:
-            seed = zlib.crc32(p.prompt.encode())
-            t, m = grow(cfg, [p], random.Random(seed),
-                        torch.Generator(trainer.policy.device).manual_seed(seed))
-            trees += t
-            stats = {k: stats.get(k, 0.0) + v for k, v in m.items()}
+    def grow_counted(cfg, problems, tree_keys):
         trainer.grown = getattr(trainer, "grown", 0) + len(problems)
-        return trees, stats
+        return grow(cfg, problems, tree_keys)
 
-    trainer.policy.grow_trees = grow_each
+    trainer.policy.grow_trees = grow_counted
 
 
 def fixed_tree_steps(out: Path, init: str) -> None:
     cfg = load_config([resolve_config_path("ibtpo")],
                       SETTINGS + [f"train.init={init}", f"train.out_dir={out / 'steps'}"])
     trainer = Trainer(cfg, progress=False)
-    per_prompt_trees(trainer)
+    count_grown(trainer)
     results = []
     for mode, micro in MODES:
         trainer.cfg.loss.agg_mode, trainer.cfg.train.micro_batch_size = mode, micro

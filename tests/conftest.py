@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ibtpo import kernels
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as `make test`: a plain `pytest` never goes online
 kernels.pin("portable")  # before torch runs anything: every x86-64 machine computes the same bits
 
 from ibtpo.models import build_model, build_tokenizer  # noqa: E402

@@ -6,6 +6,7 @@ import pytest
 
 from ibtpo.cli import main
 from ibtpo.compare import outcome_table, run_compare, summarise_run
+from ibtpo.provenance import code_version
 from ibtpo.config import ConfigError, resolve_config_path
 
 EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24",
@@ -89,3 +90,32 @@ def test_band_interpolates_on_the_token_grid_and_averages_seeds():
     # at 0: values 0.2, 0.4 -> sd 0.1414, t_1 12.706 / sqrt(2) -> 1.2706
     assert half[0] == pytest.approx(1.2706, abs=1e-3) and half[1] == pytest.approx(0.0)
     assert np.isnan(mean[3])  # past every run's last point: no value, not an extrapolation
+
+
+def test_equal_steps_and_committed_records_reused_only_when_current(warm_checkpoint, tmp_path,
+                                                                    monkeypatch):
+    """`steps`: every run trains 3 optimizer steps whatever its tokens; each run writes a record
+    that a comparison in another out_dir reuses, and reruns once the code version differs."""
+    configs = [resolve_config_path("grpo"), resolve_config_path("ibtpo")]
+    kw = dict(overrides=EASY + [f"train.init={warm_checkpoint}", "eval.k=4"], seeds=1,
+              steps=3, progress=False, record_dir=tmp_path / "records")
+    table, results, _ = run_compare(configs, out_dir=tmp_path / "a", **kw)
+    assert [r[0]["steps"] for r in results.values()] == [3, 3]
+    tokens = {name: r[0]["generated_tokens"] for name, r in results.items()}
+    assert tokens["grpo"] != tokens["ibtpo"]  # equal steps, other token counts, both reported
+    assert "Every run: 3 optimizer steps (equal prompts" in table
+    assert "pass@4 (T>0)" in table
+    record = json.loads((tmp_path / "records" / "ibtpo" / "seed0.json").read_text())
+    assert record["code_version"] == code_version() and len(record["code_version"]) == 16
+    assert record["config"]["train"]["steps"] == 3 and "init" not in record["config"]["train"]
+    assert record["init_weights"] == results["ibtpo"][0]["init_fingerprint"]["weights"]
+    # another out_dir (another machine's clone): the records are reused, nothing trains
+    again, results2, _ = run_compare(configs, out_dir=tmp_path / "b", **kw)
+    assert again == table and not (tmp_path / "b" / "grpo").exists()
+    assert results2["ibtpo"][0]["sampled_pass@4"] == results["ibtpo"][0]["sampled_pass@4"]
+    # other code: the records are stale, the runs train again and replace them
+    monkeypatch.setattr("ibtpo.compare.code_version", lambda: "0123456789abcdef")
+    run_compare(configs, out_dir=tmp_path / "c", **kw)
+    assert (tmp_path / "c" / "grpo" / "seed0" / "metrics.jsonl").is_file()
+    record = json.loads((tmp_path / "records" / "ibtpo" / "seed0.json").read_text())
+    assert record["code_version"] == "0123456789abcdef"

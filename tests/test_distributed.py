@@ -77,9 +77,6 @@ def test_two_process_loop_logs_and_checkpoints_once_and_resumes(runs):
     assert all(r["rollout/prompts"] == 4 for r in rows[1:])
     state = load_state(latest_checkpoint(loop) / "trainer_state.pt")
     assert state["step"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
-    # ranks sample with different generators (seed + rank)
-    assert not torch.equal(state["rng"][0]["objects"]["generator"],
-                           state["rng"][1]["objects"]["generator"])
     assert state["generated_tokens"] == rows[-1]["train/generated_tokens"]
 
 

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ibtpo.rollout.engine import Engine, SamplingParams, draw, extend, prefill, truncate
+from ibtpo.rollout.streams import uniforms
+from ibtpo.seeding import stream_key
 
 VOCAB, PAD, EOS = 40, 0, 2
 NO_EOS = VOCAB + 7  # an id outside the vocabulary: never sampled, so rows stop by length only
@@ -28,6 +30,11 @@ def model():
 
 
 PREFIXES = [[1, 5, 6, 7, 8, 9, 10], [1, 3], [1, 4, 4, 4, 11], [1]]
+
+
+def keys(n: int, seed: int = 0) -> list[int]:
+    """Stream keys of `n` requests."""
+    return [stream_key(seed, "engine-test", i) for i in range(n)]
 
 
 def full_logits(model, ids: list[int]) -> torch.Tensor:
@@ -88,7 +95,7 @@ def test_position_ids_start_at_first_real_token(model):
 def test_sampled_logprobs_equal_training_forward(model, sampling):
     """log-probs/entropies of softmax(logits / T) (T = 1 when greedy) over prompt + response."""
     engine = Engine(model, NO_EOS, PAD)
-    samples = engine.generate(PREFIXES, [6, 9, 4, 12], sampling, torch.Generator().manual_seed(3))
+    samples = engine.generate(PREFIXES, [6, 9, 4, 12], sampling, keys(4, 3))
     temp = sampling.temperature or 1.0
     for p, s in zip(PREFIXES, samples):
         logp = F.log_softmax(full_logits(model, p + s.token_ids)[len(p) - 1:-1] / temp, -1)
@@ -128,7 +135,7 @@ def test_eos_stop_includes_eos_token_and_its_logprob(model):
 def test_per_request_limits_including_zero(model):
     engine = Engine(model, NO_EOS, PAD)
     samples = engine.generate(PREFIXES, [0, 3, 7, 1], SamplingParams(),
-                              torch.Generator().manual_seed(0))
+                              keys(4))
     assert [len(s.token_ids) for s in samples] == [0, 3, 7, 1]
     assert [len(s.logprobs) for s in samples] == [0, 3, 7, 1]
     assert [len(s.entropies) for s in samples] == [0, 3, 7, 1]
@@ -152,7 +159,7 @@ def test_same_seed_same_samples_other_seed_differs(model):
 
     def run(seed):
         out = engine.generate(PREFIXES * 4, 10, SamplingParams(),
-                              torch.Generator().manual_seed(seed))
+                              keys(16, seed))
         return [s.token_ids for s in out]
 
     assert run(5) == run(5)
@@ -163,7 +170,7 @@ def test_same_seed_same_samples_other_seed_differs(model):
 def test_top_k_one_and_tiny_top_p_equal_greedy(model, sampling):
     greedy = Engine(model, NO_EOS, PAD).generate(PREFIXES, 6, SamplingParams(temperature=0))
     out = Engine(model, NO_EOS, PAD).generate(PREFIXES, 6, sampling,
-                                              torch.Generator().manual_seed(1))
+                                              keys(4, 1))
     assert [s.token_ids for s in out] == [s.token_ids for s in greedy]
     for a, b in zip(out, greedy):  # both at T = 1
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
@@ -188,10 +195,19 @@ def test_top_p_after_top_k_uses_renormalised_survivors():
     assert truncate(logp, 2, 0.7).isfinite()[0].tolist() == [True, True, False]
 
 
+def test_draw_is_the_inverse_cdf():
+    """probs (0.5, 0.3, 0.2, 0): cdf (0.5, 0.8, 1.0, 1.0); u = 0.49 -> 0, 0.51 -> 1, 0.79 -> 1,
+    0.81 -> 2, 0.999 -> 2 (never the probability-0 token)."""
+    logp = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).log().expand(5, 4)
+    u = torch.tensor([0.49, 0.51, 0.79, 0.81, 0.999], dtype=torch.float64)
+    assert draw(logp, u).tolist() == [0, 1, 1, 2, 2]
+
+
 def test_draw_matches_probabilities():
-    """20k Gumbel-max draws from (0.5, 0.3, 0.2): frequencies within 0.015 (≈ 4 std)."""
+    """20k draws from (0.5, 0.3, 0.2) at the uniforms of 20k stream keys: frequencies within
+    0.015 (≈ 4 std)."""
     logp = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(20000, 3)
-    tok = draw(logp, torch.Generator().manual_seed(0))
+    tok = draw(logp, uniforms(torch.tensor(keys(20000)), 0))
     freq = torch.bincount(tok, minlength=3).float() / 20000
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.015, rtol=0)
 
@@ -199,7 +215,7 @@ def test_draw_matches_probabilities():
 def test_bf16_model_gives_fp32_logprobs():
     model = tiny_model().to(torch.bfloat16)
     samples = Engine(model, NO_EOS, PAD).generate(PREFIXES, 5, SamplingParams(),
-                                                  torch.Generator().manual_seed(0))
+                                                  keys(4))
     for s in samples:
         assert len(s.token_ids) == 5
         assert all(math.isfinite(x) and x <= 0 for x in s.logprobs)
@@ -238,7 +254,7 @@ def test_cuda_greedy_matches_cpu():
     gpu = tiny_model().cuda()
     a = Engine(cpu, NO_EOS, PAD).generate(PREFIXES, 6, SamplingParams(temperature=0))
     b = Engine(gpu, NO_EOS, PAD).generate(PREFIXES, 6, SamplingParams(temperature=0),
-                                          torch.Generator(device="cuda").manual_seed(0))
+                                          keys(4))
     assert [s.token_ids for s in a] == [s.token_ids for s in b]
 
 
@@ -246,7 +262,7 @@ def test_rows_stopping_at_eos_midway_keep_exact_logprobs(model):
     """EOS := token 7 at T = 2 over 16 prompts: some rows stop early (dropped from the cache)."""
     prefixes = [[1, 3 + i % 30, 4 + i % 7] for i in range(16)]
     samples = Engine(model, 7, PAD).generate(prefixes, 12, SamplingParams(temperature=2.0),
-                                             torch.Generator().manual_seed(0))
+                                             keys(16))
     reasons = {s.stop_reason for s in samples}
     assert reasons == {"eos", "length"}
     for p, s in zip(prefixes, samples):
@@ -291,3 +307,26 @@ def test_any_of_several_stop_ids_ends_a_row(model):
     assert stops <= set(ends)  # both ids ended some row
     with pytest.raises(ValueError, match="stop_ids"):
         Engine(model, [], PAD)
+
+
+def test_a_request_samples_the_same_alone_in_any_batch_or_order(model):
+    """Per-row streams: a keyed request draws the same tokens alone, in a batch of 12, in reverse
+    order, and in chunks of 5 (the batch a request runs in only changes last bits of its logits,
+    which move an inverse-CDF draw only when u falls within them of a boundary)."""
+    prefixes = [[1, 3 + i % 30, 4 + i % 7] for i in range(12)]
+    k, sampling = keys(12, 9), SamplingParams(temperature=1.0)
+    together = Engine(model, NO_EOS, PAD).generate(prefixes, 10, sampling, k)
+    alone = [Engine(model, NO_EOS, PAD).generate([p], 10, sampling, [kk])[0]
+             for p, kk in zip(prefixes, k)]
+    backwards = Engine(model, NO_EOS, PAD).generate(prefixes[::-1], 10, sampling, k[::-1])[::-1]
+    chunked = Engine(model, NO_EOS, PAD, batch_size=5).generate(prefixes, 10, sampling, k)
+    for other in (alone, backwards, chunked):
+        assert [s.token_ids for s in other] == [s.token_ids for s in together]
+    assert len({tuple(s.token_ids) for s in together}) > 6  # the rows really sample apart
+
+
+def test_sampling_without_keys_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="keys: sampling at temperature > 0 needs one stream"):
+        Engine(model, NO_EOS, PAD).generate(PREFIXES, 3, SamplingParams())
+    with pytest.raises(ValueError, match="keys"):
+        Engine(model, NO_EOS, PAD).generate(PREFIXES, 3, SamplingParams(), keys(3))

@@ -8,7 +8,7 @@ import pytest
 
 from ibtpo.config import Config
 from ibtpo.data.arithmetic import Problem, make_problem
-from ibtpo.evaluation import evaluate, run_eval
+from ibtpo.evaluation import evaluate, pass_at_k, run_eval, sampled_pass_at
 from ibtpo.models import save_checkpoint
 
 PROBLEMS = [make_problem([1, 2], ["+"]), make_problem([3, 4, 5], ["+", "-"]),
@@ -80,3 +80,31 @@ def test_run_eval_loads_a_checkpoint_prints_and_writes_json(tiny_model, char_tok
     assert result["mean_tokens"] <= 4 and set(result) >= {"pass@1", "avg@1", "by_terms"}
     out = capsys.readouterr().out
     assert "pass@1" in out and "task.max_operand: checkpoint 30, config 9" in out
+
+
+def test_pass_at_k_by_hand():
+    # n = 4, c = 1: pass@1 = 1/4; pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 1/2; pass@4 = 1
+    assert [pass_at_k(4, 1, k) for k in (1, 2, 4)] == pytest.approx([0.25, 0.5, 1.0])
+    # n = 16, c = 0 -> 0 for every k; c = 16 -> 1; n - c < k -> 1 (C(n - c, k) = 0)
+    assert pass_at_k(16, 0, 16) == 0.0 and pass_at_k(16, 16, 1) == 1.0
+    assert pass_at_k(16, 13, 4) == 1.0
+    # n = 16, c = 2, k = 8: 1 - C(14,8)/C(16,8) = 1 - 3003/12870 = 0.76667
+    assert pass_at_k(16, 2, 8) == pytest.approx(1 - 3003 / 12870)
+    with pytest.raises(ValueError, match="0 < k <= n"):
+        pass_at_k(4, 1, 8)
+
+
+def test_sampled_pass_at_averages_problems():
+    # problem 1: c = 1 of 4 -> 1/4, 1/2, 1; problem 2: c = 2 of 4 -> 1/2, 1 - 1/6, 1
+    # (None counts as unsolved, a reward below 1 too)
+    out = sampled_pass_at([1.0, 0.0, None, 0.5, 1.0, 1.0, 0.0, 0.0], 4)
+    assert out == pytest.approx({"sampled_pass@1": 0.375, "sampled_pass@2": (0.5 + 5 / 6) / 2,
+                                 "sampled_pass@4": 1.0})
+
+
+def test_evaluation_reports_sampled_pass_at_k_up_to_k(tiny_model, char_tokenizer):
+    result = evaluate(tiny_model, char_tokenizer, PROBLEMS, constant_reward(1.0), k=8,
+                      max_new_tokens=2)
+    assert {k for k in result if k.startswith("sampled_pass@")} == {
+        "sampled_pass@1", "sampled_pass@2", "sampled_pass@4", "sampled_pass@8"}
+    assert result["sampled_pass@8"] == 1.0

@@ -28,6 +28,8 @@ def test_clipped_surrogate_hand():
     assert m["loss/clipfrac_high"].item() == pytest.approx(1 / 3)
     assert m["loss/clipfrac"].item() == pytest.approx(2 / 3)
     assert m["loss/ratio_mean"].item() == pytest.approx(1.0, abs=1e-6)   # (1.5 + .5 + 1)/3
+    # spread: sqrt((0.5^2 + 0.5^2 + 0^2) / 3) = sqrt(1/6)
+    assert m["loss/ratio_std"].item() == pytest.approx((1 / 6) ** 0.5, abs=1e-6)
     # eps_high = 0.28: tok0 -> -1.28 ; mean = (-1.28 + 0.8 - 2)/3 = -0.8267
     loss2, _ = policy_loss(logp, old, adv, mask, eps_high=0.28)
     assert loss2.item() == pytest.approx((-1.28 + 0.8 - 2) / 3, abs=1e-6)
@@ -126,7 +128,7 @@ def test_grad_flows_and_metrics_detached():
     assert torch.allclose(logp.grad, -adv / 6)
     assert all(not v.requires_grad and v.dim() == 0 for v in m.values())
     assert set(m) == {"loss/pg", "loss/kl", "loss/entropy", "loss/clipfrac", "loss/clipfrac_low",
-                      "loss/clipfrac_high", "loss/ratio_mean", "loss/total"}
+                      "loss/clipfrac_high", "loss/ratio_mean", "loss/ratio_std", "loss/total"}
 
 
 def test_bad_inputs():

@@ -290,7 +290,7 @@ def test_first_pass_ratio_is_one_on_sampled_trees(tmp_path, name):
         "train.tensorboard=false", f"train.out_dir={tmp_path}", "task.eval_size=4", "eval.size=4"])
     trainer = Trainer(cfg, progress=False)
     problems = trainer.task.train_batch(3, trainer.problem_rng)
-    trees, _ = trainer.policy.grow_trees(cfg, problems, trainer.rng, trainer.generator)
+    trees, _ = trainer.rollout(problems)
     batch = trainer.make_batch(trees)
     with torch.no_grad():
         logp, _ = sequence_logprobs(trainer.model, entropy=None, **batch.model_inputs())

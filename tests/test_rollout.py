@@ -1,6 +1,5 @@
 """Tests for ibtpo.rollout: G = B0 + (L-1)·K·Bn, token accounting, budget, limits, rewards."""
 
-import random
 
 import pytest
 import torch
@@ -10,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ibtpo.core.branching import SCORERS, get_scorer
 from ibtpo.core.tree import add_step, new_tree
 from ibtpo.rollout.engine import Engine, SamplingParams
-from ibtpo.rollout.sampler import RolloutParams, sample_trees, tree_requests
+from ibtpo.rollout.sampler import RolloutParams, TreeStreams, sample_trees, tree_requests
+from ibtpo.seeding import stream_key
 from ibtpo.training.batch import from_trees
 
 VOCAB, PAD, BOS, EOS = 40, 0, 1, 2
@@ -36,8 +36,8 @@ class CountingEngine:
     def __init__(self, engine):
         self.engine, self.calls, self.tokens = engine, [], 0
 
-    def generate(self, prefixes, max_new_tokens, sampling, generator=None):
-        samples = self.engine.generate(prefixes, max_new_tokens, sampling, generator)
+    def generate(self, prefixes, max_new_tokens, sampling, keys=None):
+        samples = self.engine.generate(prefixes, max_new_tokens, sampling, keys)
         self.calls.append(len(prefixes))
         self.tokens += sum(len(s.token_ids) for s in samples)
         return samples
@@ -52,12 +52,16 @@ def model():
     return LlamaForCausalLM(cfg).eval()
 
 
+def keys(seed: int) -> list[int]:
+    """One tree key per prompt of PROMPTS."""
+    return [stream_key(seed, "test", i) for i in range(len(PROMPTS))]
+
+
 def grow(model, seed=0, sampling=None, **kw):
     params = RolloutParams(**{"max_new_tokens": 16, **kw})
     engine = CountingEngine(Engine(model, EOS, PAD))
     trees, metrics = sample_trees(engine, PROMPTS, TEXTS, METAS, reward_fn, decode, params,
-                                  sampling or SamplingParams(), random.Random(seed),
-                                  torch.Generator().manual_seed(seed))
+                                  sampling or SamplingParams(), keys(seed))
     return trees, metrics, engine
 
 
@@ -167,7 +171,7 @@ def test_bad_reward_length_raises(model):
     params = RolloutParams(b0=2, rounds=1, max_new_tokens=4)
     with pytest.raises(ValueError, match="reward_fn"):
         sample_trees(Engine(model, EOS, PAD), PROMPTS, TEXTS, METAS, lambda **kw: [1.0], decode,
-                     params, SamplingParams(), random.Random(0), torch.Generator().manual_seed(0))
+                     params, SamplingParams(), keys(0))
 
 
 def test_same_seeds_same_trees(model):
@@ -192,7 +196,7 @@ def test_nodes_without_room_are_not_branched():
     add_step(tree, full, [], [], [], terminal=True, stop_reason="length", reward=1.0)
     params = RolloutParams(scorer="width", max_new_tokens=3, k=2, bn=1)
     reqs = tree_requests(tree, params, get_scorer("width"), params.branch_params(),
-                         random.Random(0))
+                         TreeStreams(0))
     assert [(r.node is tree.root, r.limit) for r in reqs] == [(True, 3)]
 
 
@@ -200,8 +204,7 @@ def test_progress_callback_sees_each_round(model):
     seen = []
     params = RolloutParams(b0=2, rounds=3, max_new_tokens=4)
     sample_trees(Engine(model, EOS, PAD), PROMPTS, TEXTS, METAS, reward_fn, decode, params,
-                 SamplingParams(), random.Random(0), torch.Generator().manual_seed(0),
-                 progress=lambda done, total: seen.append((done, total)))
+                 SamplingParams(), keys(0), progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -218,4 +221,23 @@ def test_bad_params_raise(kwargs, name):
 def test_mismatched_inputs_raise(model):
     with pytest.raises(ValueError, match="prompt_texts"):
         sample_trees(Engine(model, EOS, PAD), PROMPTS, TEXTS[:2], METAS, reward_fn, decode,
-                     RolloutParams(), SamplingParams(), random.Random(0), None)
+                     RolloutParams(), SamplingParams(), keys(0))
+
+
+def test_a_tree_grows_the_same_whatever_trees_share_its_batch(model):
+    """Each tree's randomness comes from its key: the three trees grown together equal each grown
+    alone, and in reverse order (what a scheduler that runs trees apart relies on)."""
+    params = RolloutParams(max_new_tokens=16, scorer="random", b0=2, rounds=4)
+    k = keys(5)
+
+    def run(idx):
+        trees, _ = sample_trees(Engine(model, EOS, PAD), [PROMPTS[i] for i in idx],
+                                [TEXTS[i] for i in idx], [METAS[i] for i in idx], reward_fn,
+                                decode, params, SamplingParams(), [k[i] for i in idx])
+        return {i: ([t.response_ids(leaf) for leaf in t.leaves()],
+                    [n.depth for n in t.branch_points]) for i, t in zip(idx, trees)}
+
+    together = run([0, 1, 2])
+    assert run([2, 1, 0]) == together
+    assert {**run([0]), **run([1]), **run([2])} == together
+    assert together[0] != together[1]

@@ -80,8 +80,7 @@ def test_resume_continues_step_counter_and_state(warm_checkpoint, tmp_path):
                     name="grpo")
     resumed = Trainer(cfg, resume=True, progress=False)
     assert resumed.step == 2 and resumed.generated_tokens == first.generated_tokens
-    assert resumed.rng.getstate() == first.rng.getstate()
-    assert torch.equal(resumed.generator.get_state(), first.generator.get_state())
+    assert resumed.problem_rng.getstate() == first.problem_rng.getstate()
     for a, b in zip(first.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     opt_a, opt_b = first.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
@@ -128,8 +127,8 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(warm_checkpoint, tm
         cfg = rl_config(warm_checkpoint, tmp_path, "train.prompts_per_step=3",
                         f"train.micro_batch_size={micro}", f"loss.agg_mode={agg_mode}")
         trainer = Trainer(cfg, progress=False)
-        problems = trainer.task.train_batch(3, trainer.rng)
-        trees, _ = trainer.policy.grow_trees(cfg, problems, trainer.rng, trainer.generator)
+        problems = trainer.task.train_batch(3, trainer.problem_rng)
+        trees, _ = trainer.rollout(problems)
         adv, _ = trainer.estimator(trees, trainer.adv_params)
         batch = from_trees(trees, adv, trainer.policy.tokenizer.pad_token_id)
         trainer.optimizer.zero_grad()
@@ -198,8 +197,8 @@ def test_recomputed_old_logprobs_equal_the_training_forward_in_bf16(chat_checkpo
     kernels: measured here, the sampler's log-probs differ from the training forward's by up to
     2.4e-3 per token (a ratio of 1.0024); recomputed with the training forward they are equal."""
     trainer = chat_trainer(chat_checkpoint, tmp_path, "model.dtype=bfloat16")
-    problems = trainer.task.train_batch(4, trainer.rng)
-    trees, _ = trainer.policy.grow_trees(trainer.cfg, problems, trainer.rng, trainer.generator)
+    problems = trainer.task.train_batch(4, trainer.problem_rng)
+    trees, _ = trainer.rollout(problems)
     adv, _ = trainer.estimator(trees, trainer.adv_params)
     batch = from_trees(trees, adv, trainer.policy.tokenizer.pad_token_id)
     recomputed = trainer.recompute_old_logprobs(batch)

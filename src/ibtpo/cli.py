@@ -75,7 +75,7 @@ def cmd_compare(args):
     from ibtpo.compare import run_compare
 
     run_compare(configs, overrides=args.set, seeds=args.seeds, out_dir=args.out,
-                token_budget=args.token_budget, progress=not args.no_progress,
+                token_budget=args.token_budget, steps=args.steps, progress=not args.no_progress,
                 baseline=args.baseline, reuse=not args.no_reuse)
 
 
@@ -128,12 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint, LoRA checkpoint, .gguf file or preset to export")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("compare", help="run configs at the same generated-token budget")
+    p = sub.add_parser("compare", help="run configs at the same generated-token budget (or the "
+                                       "same number of optimizer steps)")
     p.add_argument("configs", nargs="+", help="config files or built-in names")
     _common(p, config=False)
     p.add_argument("--seeds", type=int, default=1, help="seeds per config (default 1)")
     p.add_argument("--token-budget", type=int, default=None,
                    help="generated tokens per run (default: train.token_budget of the configs)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train every run for this many optimizer steps instead (equal prompts); "
+                        "the table reports the tokens each used")
     p.add_argument("--baseline", default=None,
                    help="config the paired differences are taken against (default: the first)")
     p.add_argument("--no-reuse", action="store_true",

@@ -1,6 +1,7 @@
 """Fair comparisons: every config trains from the same warm-up checkpoint until the same number of
-generated tokens (not steps), for several seeds; then tables with 95% intervals and plots against
-generated tokens.
+generated tokens (or, with `steps`, the same number of optimizer steps: equal prompts, as the
+paper's epoch), for several seeds; then tables with 95% intervals and plots against generated
+tokens.
 
 - Seeds: run i of every config uses `train.seed + i`, so runs are paired by seed: same warm-up,
   same training-prompt stream (`ibtpo.seeding`), same held-out problems and evaluation samples.
@@ -9,6 +10,11 @@ generated tokens.
 - A finished run writes `summary.json` next to its `metrics.jsonl`, with the fingerprints of its
   warm-up and final weights and the kernels it ran on (`ibtpo.models.fingerprint`); a later
   comparison with the same config reuses it instead of training again (`reuse=False` retrains).
+- With `record_dir` (the studies: benchmarks/results/runs/, committed) every finished run also
+  writes a small record there: its metrics rows (the keys of RECORD_KEYS), resolved config,
+  code version (`ibtpo.provenance`), git commit, warm-up digest and fingerprints. A record is
+  reused, on any machine, only when its config, its warm-up's weights digest and its code
+  version are today's; a stale one is rerun and replaced, never mixed in.
 
 ``ibtpo demo`` = warm-up (reused when present) -> compare GRPO vs IB-TPO -> ``runs/demo/``.
 """
@@ -25,7 +31,8 @@ from pathlib import Path
 
 from ibtpo.config import ConfigError, load_config, resolve_config_path
 from ibtpo.metrics import read_metrics
-from ibtpo.models import describe_fingerprint, fingerprint
+from ibtpo.models import describe_fingerprint, fingerprint, read_extra
+from ibtpo.provenance import code_version, git_commit
 from ibtpo.stats import fmt_ci, mean_ci, paired_ci
 from ibtpo.training.trainer import Trainer, config_with
 
@@ -40,8 +47,12 @@ TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run's steps)
     ("cov root", "tree/cov_root", "mean"),
     ("IB branch pts", "tree/ib_score", "mean"),
 )
-PLOTS = ("eval/pass@1", "eval/avg@k", "rollout/reward_mean", "rollout/eff_rate", "policy/entropy",
-         "tree/ib_score_root", "tree/cov_root", "tree/tsallis_root", "tree/ib_score")
+PLOTS = ("eval/pass@1", "eval/avg@k", "eval/sampled_pass@16", "rollout/reward_mean",
+         "rollout/eff_rate", "policy/entropy", "tree/ib_score_root", "tree/cov_root",
+         "tree/tsallis_root", "tree/ib_score", "loss/clipfrac_high", "loss/ratio_std")
+RECORD_KEYS = {"train/step", "train/generated_tokens", "train/skipped", "train/grad_norm",
+               "loss/clipfrac_low", "loss/clipfrac_high", "loss/ratio_std", "loss/kl",
+               *PLOTS, *(key for _, key, _ in TABLE_COLUMNS)}  # and every eval/ key
 SMOOTH_STEPS = 5  # moving average of step metrics in the plots (evaluations are not smoothed)
 
 
@@ -50,13 +61,16 @@ def _finite(v) -> bool:
 
 
 def summarise_run(rows: list[dict]) -> dict:
-    """Final and warm-up evaluation, and each table column, from one run's metrics.jsonl rows."""
+    """Final, best and warm-up evaluation, and each table column, from one run's metrics rows.
+    "best_*" is the best evaluation after the warm-up's (the warm-up's when there is none)."""
     evals = [r for r in rows if "eval/pass@1" in r]
     steps = [r for r in rows if r.get("train/step", 0) > 0]
-    out = {"pass@1": evals[-1]["eval/pass@1"], "avg@k": evals[-1]["eval/avg@k"],
-           "init_pass@1": evals[0]["eval/pass@1"], "init_avg@k": evals[0]["eval/avg@k"],
-           "steps": len(steps),
+    out = {"steps": len(steps),
            "generated_tokens": steps[-1]["train/generated_tokens"] if steps else 0}
+    for key in (k for k in evals[-1] if k.startswith("eval/")):
+        name = key[len("eval/"):]
+        out[name], out[f"init_{name}"] = evals[-1][key], evals[0].get(key)
+        out[f"best_{name}"] = max(r.get(key, float("-inf")) for r in evals[1:] or evals)
     for _, key, how in TABLE_COLUMNS:
         values = [r[key] for r in steps if _finite(r.get(key))]
         out[key] = (values[-1] if how == "last" else statistics.fmean(values)) if values else None
@@ -86,19 +100,29 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def outcome_keys(results: dict[str, list[dict]]) -> list[tuple[str, str]]:
+    """(header, summary key) of the outcome columns: greedy pass@1, avg@k, and the largest
+    sampled pass@j every run has."""
+    runs = [r for group in results.values() for r in group]
+    sampled = [k for k in ("sampled_pass@16", "sampled_pass@8", "sampled_pass@4")
+               if all(_finite(r.get(k)) for r in runs)]
+    keys = [("pass@1", "pass@1"), ("avg@k", "avg@k")]
+    return keys + [(f"pass@{sampled[0].split('@')[1]} (T>0)", sampled[0])] if sampled else keys
+
+
 def outcome_table(results: dict[str, list[dict]], baseline: str) -> str:
-    """Held-out pass@1 and avg@k per config, and their paired differences to `baseline`."""
-    base = results[baseline]
-    head = ["config", "seeds", "pass@1", f"Δ pass@1 vs {baseline} (pt)", "avg@k",
-            f"Δ avg@k vs {baseline} (pt)", "steps", "gen. tokens", "wall s"]
+    """Held-out greedy pass@1, avg@k and sampled pass@k per config, with their paired
+    differences to `baseline`."""
+    base, keys = results[baseline], outcome_keys(results)
+    head = ["config", "seeds"] + [c for h, _ in keys for c in (h, f"Δ {h} vs {baseline} (pt)")]
+    head += ["steps", "gen. tokens", "wall s"]
     lines = [_row(head), "|" + "---|" * len(head)]
     for name, runs in results.items():
-        same = name == baseline
-        lines.append(_row([name, str(len(runs)), _cell(runs, "pass@1"),
-                           "—" if same else _diff_cell(runs, base, "pass@1"),
-                           _cell(runs, "avg@k"), "—" if same else _diff_cell(runs, base, "avg@k"),
-                           _cell(runs, "steps", 0), _cell(runs, "generated_tokens", 0),
-                           _cell(runs, "wall_s", 0)]))
+        cells = [name, str(len(runs))]
+        for _, key in keys:
+            cells += [_cell(runs, key), "—" if name == baseline else _diff_cell(runs, base, key)]
+        lines.append(_row(cells + [_cell(runs, "steps", 0), _cell(runs, "generated_tokens", 0),
+                                   _cell(runs, "wall_s", 0)]))
     return "\n".join(lines) + "\n"
 
 
@@ -111,12 +135,15 @@ def rollout_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_report(results: dict[str, list[dict]], budget: int, baseline: str) -> str:
+def markdown_report(results: dict[str, list[dict]], budget: int, baseline: str,
+                    steps: int | None = None) -> str:
     """The comparison as markdown: outcomes, rollout statistics, and how to read them."""
     seeds = sorted({len(r) for r in results.values()})
     runs = [r for group in results.values() for r in group]
     init = _values(runs, "init_pass@1")
-    return (f"Every run: {budget:,} generated tokens from the same warm-up checkpoint "
+    length = (f"{steps} optimizer steps (equal prompts; the tokens each used are in the table)"
+              if steps else f"{budget:,} generated tokens")
+    return (f"Every run: {length} from the same warm-up checkpoint "
             f"(held-out pass@1 {init[0]:.3f}); seeds per config: "
             f"{', '.join(map(str, seeds))}.\n" + _fingerprint_line(runs) +
             "± is the half-width of the 95% Student-t interval over seeds; Δ are per-seed paired "
@@ -221,12 +248,71 @@ def init_eval_key(cfg) -> str:
                        cfg.sampling.max_new_tokens], sort_keys=True)
 
 
-def run_one(cfg, progress: bool = True, reuse: bool = True,
-            init_cache: dict | None = None) -> tuple[dict, list[dict]]:
-    """Train one config (or reuse its finished run); return (summary, metrics rows)."""
+def _portable_config(cfg) -> dict:
+    """The resolved config without the machine's paths (train.init, train.out_dir): a record's
+    warm-up is identified by its weights digest instead."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("init", "out_dir")}
+    return d
+
+
+def init_digest(init: str) -> str | None:
+    """The weights digest a warm-up checkpoint recorded (`ibtpo sft`), or None."""
+    try:
+        extra = read_extra(init) if Path(init).is_dir() else {}
+    except (OSError, ValueError):
+        return None
+    return ((extra.get("final_eval") or {}).get("fingerprint") or {}).get("weights")
+
+
+def _round(v):
+    return float(f"{v:.6g}") if isinstance(v, float) else v
+
+
+def write_record(path: Path, cfg, summary: dict, rows: list[dict]) -> None:
+    """A run's committed record (see the module docstring), written atomically."""
+    keep = [{k: _round(v) for k, v in r.items() if k in RECORD_KEYS or k.startswith("eval/")}
+            for r in rows]
+    record = {"config": _portable_config(cfg), "code_version": code_version(),
+              "git_commit": git_commit(), "init_weights": init_digest(cfg.train.init),
+              **{k: summary[k] for k in ("wall_s", "init_fingerprint", "fingerprint")},
+              "rows": keep}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def reusable_record(path: Path | None, cfg) -> dict | None:
+    """The record at `path` when it holds this config's run from today's code and warm-up; None
+    (with a line saying why) otherwise."""
+    if path is None or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    why = [what for what, same in (
+        ("config", record.get("config") == _portable_config(cfg)),
+        (f"code version {record.get('code_version')} (now {code_version()})",
+         record.get("code_version") == code_version()),
+        ("warm-up weights", record.get("init_weights") == init_digest(cfg.train.init)))
+        if not same]
+    if why:
+        print(f"   the record {path} is stale ({', '.join(why)} differ): running again")
+        return None
+    return record
+
+
+def run_one(cfg, progress: bool = True, reuse: bool = True, init_cache: dict | None = None,
+            record: Path | None = None) -> tuple[dict, list[dict]]:
+    """Train one config (or reuse its finished run, or its committed `record`); return
+    (summary, metrics rows)."""
     out = Path(cfg.train.out_dir)
     summary_path = out / SUMMARY_FILE
-    if reuse and summary_path.is_file():
+    found = reusable_record(record, cfg) if reuse else None
+    if found is not None:
+        print(f"   reusing the committed run {record}")
+        return {**summarise_run(found["rows"]), **{k: found[k] for k in (
+            "wall_s", "init_fingerprint", "fingerprint")}}, found["rows"]
+    if reuse and summary_path.is_file() and record is None:
         summary = json.loads(summary_path.read_text())
         if summary.get("config") == cfg.to_dict():
             print(f"   reusing the finished run in {out}")
@@ -250,34 +336,43 @@ def run_one(cfg, progress: bool = True, reuse: bool = True,
     tmp = summary_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, summary_path)
+    if record is not None:
+        write_record(record, cfg, summary, rows)
     return summary, rows
 
 
 def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | dict = 1,
                 out_dir: str | Path = "runs/compare", token_budget: int | None = None,
-                progress: bool = True, baseline: str | None = None, reuse: bool = True,
-                title: str | None = None) -> tuple[str, dict, dict]:
+                steps: int | None = None, progress: bool = True, baseline: str | None = None,
+                reuse: bool = True, title: str | None = None,
+                record_dir: str | Path | None = None) -> tuple[str, dict, dict]:
     """Train every config for `seeds` seeds (a number, or {config name: number}) at one token
-    budget; write compare.md / .json / .png. Returns (markdown report, results, metrics rows)."""
+    budget, or for `steps` optimizer steps each when given; write compare.md / .json / .png.
+    `record_dir`: committed run records (module docstring). Returns (markdown report, results,
+    metrics rows)."""
     out = Path(out_dir)
     cfgs = {Path(c).stem: load_config([c], list(overrides)) for c in configs}
-    budget = token_budget or max(c.train.token_budget for c in cfgs.values())
+    budget = 0 if steps else token_budget or max(c.train.token_budget for c in cfgs.values())
     baseline = baseline or next(iter(cfgs))
     n_seeds = seeds if isinstance(seeds, dict) else dict.fromkeys(cfgs, seeds)
-    _check_comparable(cfgs, budget, n_seeds, baseline)
+    _check_comparable(cfgs, budget, n_seeds, baseline, steps)
+    length = {"token_budget": budget, **({"steps": steps} if steps else {})}
+    goal = f"{steps} optimizer steps" if steps else f"{budget:,} generated tokens"
     results, curves, init_cache = {}, {}, {}
     for name, cfg in cfgs.items():
         results[name], curves[name] = [], []
         for seed in range(n_seeds[name]):
             run_dir = out / name / f"seed{seed}"
-            run_cfg = config_with(cfg, train={"seed": cfg.train.seed + seed, "token_budget": budget,
+            run_cfg = config_with(cfg, train={"seed": cfg.train.seed + seed, **length,
                                               "out_dir": str(run_dir)})
-            print(f"== {name} seed {seed}: training to {budget:,} generated tokens -> {run_dir}")
-            summary, rows = run_one(run_cfg, progress, reuse, init_cache)
+            print(f"== {name} seed {seed}: training for {goal} -> {run_dir}")
+            record = Path(record_dir) / name / f"seed{seed}.json" if record_dir else None
+            summary, rows = run_one(run_cfg, progress, reuse, init_cache, record)
             results[name].append({k: v for k, v in summary.items() if k != "config"})
             curves[name].append(rows)
-    report = markdown_report(results, budget, baseline)
-    heading = title or f"Comparison at {budget:,} generated tokens per run"
+    report = markdown_report(results, budget, baseline, steps)
+    out.mkdir(parents=True, exist_ok=True)
+    heading = title or f"Comparison at {goal} per run"
     (out / "compare.md").write_text(f"# {heading}\n\n{report}")
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     plot_curves(curves, out / "compare.png")
@@ -285,11 +380,15 @@ def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | 
     return report, results, curves
 
 
-def _check_comparable(cfgs: dict, budget: int, seeds: dict, baseline: str) -> None:
+def _check_comparable(cfgs: dict, budget: int, seeds: dict, baseline: str,
+                      steps: int | None = None) -> None:
     problems = []
-    if budget <= 0:
+    if budget <= 0 and not steps:
         problems.append("train.token_budget: a comparison needs a generated-token budget "
-                        "(pass --token-budget N or set train.token_budget in the configs)")
+                        "(pass --token-budget N or set train.token_budget in the configs) or a "
+                        "number of optimizer steps (--steps N)")
+    if steps is not None and steps < 1:
+        problems.append(f"--steps: got {steps}, expected an integer >= 1")
     kernel_modes = {c.model.kernels for c in cfgs.values()}
     if len(kernel_modes) > 1:
         problems.append(f"model.kernels: configs use different kernels {sorted(kernel_modes)}; "

@@ -191,6 +191,11 @@ class TrainConfig:
                           "steps move every weight by ~lr)", min=0)
     weight_decay: float = F(0.0, "AdamW weight decay", min=0.0)
     num_iterations: int = F(1, "passes over each step's batch (PPO epochs)", min=1)
+    mini_batches: int = F(1, "optimizer steps per rollout batch: the step's trees are split into "
+                          "this many mini-batches of whole trees, one update each (verl's "
+                          "train_batch_size / ppo_mini_batch_size, TRL's steps_per_generation); "
+                          "old log-probs, reference and advantages come from the rollout, so the "
+                          "ratio leaves 1 from the second; 1 = on-policy", min=1)
     micro_batch_size: int = F(64, "sequences per forward/backward (pack_trees=false)", min=1)
     pack_trees: bool = F(True, "train on packed trees: each tree's prompt and steps run once, "
                          "attention restricted to ancestors (same loss and gradient as one "
@@ -244,7 +249,8 @@ class LoRAConfig:
 @dataclass
 class EvalConfig:
     size: int = F(1000, "held-out problems evaluated (at most task.eval_size)", min=1)
-    k: int = F(4, "samples per problem for avg@k", min=1)
+    k: int = F(4, "samples per problem for avg@k and the sampled pass@1/2/4/8/16 up to k",
+               min=1)
     temperature: float = F(1.0, "temperature of the avg@k samples", min=0.0, min_exclusive=True)
     batch_size: int = F(256, "sequences generated together", min=1)
     seed: int = F(0, "seed of the avg@k samples", min=0)

@@ -16,7 +16,7 @@ from ibtpo.data import load_task
 from ibtpo.metrics import tree_metrics
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
-from ibtpo.seeding import BRANCHING, SAMPLING, stream_generator, stream_rng
+from ibtpo.seeding import SAMPLING, stream_key
 
 
 def run_score(cfg: Config, model_path: str, out_json: str | None = None,
@@ -25,12 +25,12 @@ def run_score(cfg: Config, model_path: str, out_json: str | None = None,
     problems = load_task(cfg.task).eval_set()[: cfg.eval.size]
     policy.check_prompts(problems, cfg.sampling.max_new_tokens,
                          f"task.name={cfg.task.name!r} (held-out)")
-    rng = stream_rng(cfg.train.seed, BRANCHING)
-    generator = stream_generator(cfg.train.seed, SAMPLING, policy.device)
     chunk, trees, generated = cfg.train.prompts_per_step, [], 0
     with progress_bar(progress, len(problems), unit="prompts", description="scoring") as bar:
         for i in range(0, len(problems), chunk):
-            new, m = policy.grow_trees(cfg, problems[i:i + chunk], rng, generator)
+            keys = [stream_key(cfg.train.seed, SAMPLING, "score", j)
+                    for j in range(i, min(i + chunk, len(problems)))]
+            new, m = policy.grow_trees(cfg, problems[i:i + chunk], keys)
             trees += new
             generated += int(m["rollout/generated_tokens"])
             bar.update(len(trees))

@@ -1,8 +1,14 @@
 """Held-out evaluation: greedy pass@1 and sampled avg@k, overall and per number of terms.
 
 - pass@1: mean reward of one greedy completion per problem.
-- avg@k: mean reward of `k` completions per problem sampled at `temperature` (the `eval/sampling`
-  stream of `seed`, `ibtpo.seeding`); skipped when k = 0.
+- avg@k: mean reward of `k` completions per problem sampled at `temperature`; sample j of
+  problem i draws from the stream key (seed, `eval/sampling`, i, j) (`ibtpo.seeding`), so it
+  does not depend on the batch size or on how many problems are evaluated; skipped when k = 0.
+- sampled pass@j for j in PASS_KS up to k: the unbiased estimator of Chen et al. (2021) from the
+  same k samples, 1 - C(k - c, j) / C(k, j) for a problem with c solved samples (a sample is
+  solved when its reward is 1; None counts as unsolved), averaged over problems. sampled pass@1
+  equals avg@k for binary rewards; pass@16 needs k >= 16 (1,000 problems x 16 samples: about
+  16 times the greedy pass's generation).
 - A `None` reward (the problem cannot be scored) counts as 0 and is counted in `unscorable`
   (problems whose greedy completion could not be scored).
 - `by_terms` groups problems by `Problem.n_terms` (built-in task); rows without it (n_terms = 0)
@@ -13,14 +19,16 @@ All generation goes through `ibtpo.rollout.engine.Engine.generate`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ibtpo.data import load_task
 from ibtpo.data.rewards import load_reward_fn
 from ibtpo.inputs import check_prompt_lengths
+from ibtpo.metrics import PASS_KS
 from ibtpo.models import encode_prompt, load_model, prompt_encoder, read_extra, stop_token_ids
 from ibtpo.rollout.engine import Engine, SamplingParams
-from ibtpo.seeding import EVAL_SAMPLING, stream_generator
+from ibtpo.seeding import EVAL_SAMPLING, stream_key
 
 
 def reward_columns(problems, repeat: int = 1) -> dict[str, list]:
@@ -36,15 +44,35 @@ def decode_completion(tokenizer, token_ids: list[int]) -> str:
 
 def generate_and_score(engine, tokenizer, problems, prompt_ids: list[list[int]], reward_fn,
                        repeat: int, max_new_tokens: int, sampling: SamplingParams,
-                       generator=None) -> tuple[list, list]:
+                       seed: int | None = None) -> tuple[list, list]:
     """`repeat` completions per problem (problem-major order) from its encoded prompt
-    `prompt_ids[i]`: (rewards, samples)."""
+    `prompt_ids[i]`: (rewards, samples). Sampled completions need `seed` (module docstring)."""
     prefixes = [ids for ids in prompt_ids for _ in range(repeat)]
-    samples = engine.generate(prefixes, max_new_tokens, sampling, generator)
+    keys = (None if seed is None else
+            [stream_key(seed, EVAL_SAMPLING, i, j) for i in range(len(prompt_ids))
+             for j in range(repeat)])
+    samples = engine.generate(prefixes, max_new_tokens, sampling, keys)
     completions = [decode_completion(tokenizer, s.token_ids) for s in samples]
     prompts = [p.prompt for p in problems for _ in range(repeat)]
     rewards = reward_fn(prompts, completions, **reward_columns(problems, repeat))
     return rewards, samples
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are solved (Chen et al., 2021):
+    1 - C(n - c, k) / C(n, k); 1 when fewer than k samples fail."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass_at_k: expected 0 < k <= n and 0 <= c <= n, got n={n}, c={c}, "
+                         f"k={k}")
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sampled_pass_at(rewards: list, k: int) -> dict[str, float]:
+    """{"sampled_pass@j": mean over problems} for j in PASS_KS up to k, from `rewards` holding k
+    samples per problem (problem-major)."""
+    solved = [sum(r == 1 for r in rewards[i:i + k]) for i in range(0, len(rewards), k)]
+    return {f"sampled_pass@{j}": sum(pass_at_k(k, c, j) for c in solved) / len(solved)
+            for j in PASS_KS if j <= k}
 
 
 def mean_reward(rewards: list) -> float:
@@ -74,7 +102,8 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     `encode(text) -> ids` builds the prompts (e.g. `ibtpo.models.prompt_encoder` with the chat
     template); generation stops at every stop id of the tokenizer and model.
 
-    Returns {"pass@1", "avg@k" (when k > 0), "by_terms": {n: {"pass@1", "avg@k", "count"}},
+    Returns {"pass@1", "avg@k" and "sampled_pass@j" (when k > 0),
+    "by_terms": {n: {"pass@1", "avg@k", "count"}},
     "unscorable", "count", "truncated" (share of greedy completions that hit the length limit),
     "mean_tokens" (mean greedy completion length)}.
     """
@@ -88,11 +117,9 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
                                          max_new_tokens, SamplingParams(temperature=0.0))
     sampled = None
     if k > 0:
-        device = next(model.parameters()).device
-        generator = stream_generator(seed, EVAL_SAMPLING, device)
         sampled, _ = generate_and_score(engine, tokenizer, problems, prompt_ids, reward_fn, k,
                                         max_new_tokens, SamplingParams(temperature=temperature),
-                                        generator)
+                                        seed)
     result = {"pass@1": mean_reward(greedy), "count": len(problems),
               "by_terms": group_figures(problems, greedy, sampled, k),
               "unscorable": sum(r is None for r in greedy),
@@ -100,6 +127,7 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
               "mean_tokens": sum(len(s.token_ids) for s in samples) / len(samples)}
     if sampled is not None:
         result[f"avg@{k}"] = mean_reward(sampled)
+        result.update(sampled_pass_at(sampled, k))
     return result
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from ibtpo.core.ib_score import batch_ib_scores
 from ibtpo.core.tree import Tree, leaf_reward
 
+PASS_KS = (1, 2, 4, 8, 16)  # the sampled pass@j an evaluation reports when eval.k >= j
 METRIC_DOCS: dict[str, str] = {
     "rollout/prompts": "number of prompts (trees) in the rollout batch",
     "rollout/reward_mean": "Avg-Rate: mean reward of all sampled trajectories (None counted as 0)",
@@ -76,6 +77,8 @@ METRIC_DOCS: dict[str, str] = {
     "loss/clipfrac_low": "share of trained tokens with ratio < 1 - eps_low and A < 0",
     "loss/clipfrac_high": "share of trained tokens with ratio > 1 + eps_high and A > 0",
     "loss/ratio_mean": "mean importance ratio pi_theta / pi_old over trained tokens",
+    "loss/ratio_std": "standard deviation of the importance ratio over trained tokens (0 "
+                      "on-policy; grows over the mini-batches of train.mini_batches > 1)",
     "loss/total": "loss optimised: pg + beta_kl * kl - entropy_coef * entropy",
     "train/grad_norm": "gradient norm before clipping",
     "train/lr": "learning rate",
@@ -90,6 +93,9 @@ METRIC_DOCS: dict[str, str] = {
     "time/step_s": "seconds for the whole training step",
     "eval/pass@1": "share of held-out problems solved by the greedy response",
     "eval/avg@k": "mean reward over k samples per eval problem",
+    **{f"eval/sampled_pass@{j}": f"share of eval problems solved by at least one of {j} samples "
+       f"at eval.temperature (unbiased estimate from eval.k >= {j} samples per problem)"
+       for j in PASS_KS},
     "policy/entropy": "mean token entropy of the sampled tokens under the sampling policy",
     "sft/loss": "warm-up: mean cross-entropy per response token (prompt excluded)",
     "sft/lr": "warm-up: learning rate",

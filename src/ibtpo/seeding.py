@@ -17,21 +17,26 @@ import random
 
 HELD_OUT = "task/held-out"        # which problems are held out (task.seed)
 TRAIN_PROBLEMS = "train/problems"  # the training prompts of each RL step (train.seed)
-BRANCHING = "train/branching"      # tie-breaking and the random scorer (train.seed)
-SAMPLING = "train/sampling"        # token sampling during rollouts (train.seed)
+SAMPLING = "train/sampling"        # rollout trees, keyed by (step, prompt): tokens, tie-breaking
 EVAL_SAMPLING = "eval/sampling"    # the avg@k samples of evaluations (eval.seed)
 SFT_PROBLEMS = "sft/problems"      # the warm-up's batches (sft.seed)
 SFT_INIT = "sft/init"              # the warm-up model's initial weights (sft.seed)
 SFT_VALIDATION = "sft/validation"  # the warm-up's validation problems (sft.seed)
-STREAMS = (HELD_OUT, TRAIN_PROBLEMS, BRANCHING, SAMPLING, EVAL_SAMPLING, SFT_PROBLEMS, SFT_INIT,
+STREAMS = (HELD_OUT, TRAIN_PROBLEMS, SAMPLING, EVAL_SAMPLING, SFT_PROBLEMS, SFT_INIT,
            SFT_VALIDATION)
 __doc__ += "".join(f"\n- `{s}`" for s in STREAMS) + "\n"
 
 
+def stream_key(*parts) -> int:
+    """A 63-bit key, a pure function of `parts` (ints and strings, joined with "/"): the seed of
+    a stream, or the key of one row's sampling stream (`ibtpo.rollout.streams`)."""
+    digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
 def stream_seed(seed: int, stream: str) -> int:
     """A 63-bit seed for `stream`, a pure function of (seed, stream)."""
-    digest = hashlib.blake2b(f"{int(seed)}/{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+    return stream_key(int(seed), stream)
 
 
 def stream_rng(seed: int, stream: str) -> random.Random:

@@ -20,7 +20,7 @@ Choices (config key in brackets):
   loss/total = pg + beta_kl kl - entropy_coef entropy), loss/clipfrac (= low + high),
   loss/clipfrac_low (rho < 1 - eps_low with A < 0: the clipped term is used), loss/clipfrac_high
   (rho > 1 + eps_high with A > 0), loss/ratio_mean (all three token-means over masked tokens),
-  loss/total. No .item() here.
+  loss/ratio_std (the ratio's standard deviation over the same tokens: 0 on-policy), loss/total. No .item() here.
 - `weighted_policy_loss` is the same loss over tokens that several sequences share (tree packing,
   `training.packing`): per-token sums of the sequences' aggregation weights, split by the sign of
   their advantages, give the same value and gradient as `policy_loss` over the unpacked rows.
@@ -129,8 +129,10 @@ def _token_metrics(ratio: Tensor, low: Tensor, high: Tensor, mask: Tensor) -> di
     """Clip fractions and mean ratio over the masked tokens (detached)."""
     def tm(x: Tensor) -> Tensor:
         return masked_token_mean(x.to(mask.dtype), mask).detach()
+    mean = tm(ratio)
     return {"loss/clipfrac": tm(low | high), "loss/clipfrac_low": tm(low),
-            "loss/clipfrac_high": tm(high), "loss/ratio_mean": tm(ratio)}
+            "loss/clipfrac_high": tm(high), "loss/ratio_mean": mean,
+            "loss/ratio_std": tm((ratio.detach() - mean) ** 2).sqrt()}
 
 
 def weighted_policy_loss(logprobs: Tensor, old_logprobs: Tensor, weights: dict[str, Tensor],
@@ -177,5 +179,7 @@ def _weighted_token_metrics(ratio: Tensor, weights: dict[str, Tensor], eps_low: 
     n = weights["count"].sum().clamp(min=1.0)
     low = (weights["count_neg"] * (ratio < 1.0 - eps_low)).sum() / n
     high = (weights["count_pos"] * (ratio > 1.0 + eps_high)).sum() / n
+    mean = (weights["count"] * ratio).sum() / n
     return {"loss/clipfrac": low + high, "loss/clipfrac_low": low, "loss/clipfrac_high": high,
-            "loss/ratio_mean": (weights["count"] * ratio).sum() / n}
+            "loss/ratio_mean": mean,
+            "loss/ratio_std": ((weights["count"] * (ratio - mean) ** 2).sum() / n).sqrt()}

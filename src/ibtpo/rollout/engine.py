@@ -20,9 +20,10 @@ How a chunk is decoded:
   and the generation config declare) or at its own `max_new_tokens`; stopped rows are dropped
   from the batch and the cache once they are `drop_fraction` (default 1/4) of the live rows (a
   drop copies the cache);
-- sampling draws exponential noise from the caller's `torch.Generator` (the Gumbel-max form of
-  categorical sampling) on the generator's device, so a seed reproduces the samples (for a given
-  request list, batch size and device). Use a generator on the model's device for speed.
+- sampling is by inverse CDF: each request carries a stream key (`keys`, one per prefix;
+  `ibtpo.rollout.streams`), and its token at position t is the first whose cumulative
+  probability exceeds the uniform of (key, t); so a request's sample depends on its key and its
+  prefix alone, never on the batch, the chunking, the row order or the device's RNG.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from ibtpo.rollout.streams import uniforms
 
 
 @dataclass
@@ -234,21 +237,37 @@ def truncate(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logp
 
 
-def draw(logp: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Sample one token per row (N,) from log-probs (N, V) by the Gumbel-max trick."""
-    device = generator.device if generator is not None else logp.device
-    noise = torch.empty(logp.shape, device=device).exponential_(generator=generator)  # (N, V)
-    return (logp - noise.to(logp.device).log()).argmax(-1)
+def draw(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Sample one token per row (N,) from log-probs (N, V) by inverse CDF at the uniforms u (N,):
+    the first token whose cumulative probability exceeds u times the total (a token of
+    probability 0 is never drawn)."""
+    cdf = logp.exp().double().cumsum(-1)  # (N, V)
+    target = (u.to(cdf.device) * cdf[:, -1])[:, None]  # (N, 1)
+    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=logp.shape[-1] - 1)
 
 
-def next_tokens(logits, sampling: SamplingParams, generator) -> tuple[torch.Tensor, ...]:
-    """Pick the next token of each row; return (tokens, logprobs, entropies), each (N,)."""
+def next_tokens(logits, sampling: SamplingParams, keys: torch.Tensor | None,
+                position: int) -> tuple[torch.Tensor, ...]:
+    """Pick the next token of each row (its `position`-th new token; `keys` (N,) are the rows'
+    stream keys, unused when greedy); return (tokens, logprobs, entropies), each (N,)."""
     logp, entropy = token_stats(logits, sampling.temperature)
     if sampling.temperature == 0:
         tokens = logp.argmax(-1)
     else:
-        tokens = draw(truncate(logp, sampling.top_k, sampling.top_p), generator)
+        tokens = draw(truncate(logp, sampling.top_k, sampling.top_p), uniforms(keys, position))
     return tokens, logp.gather(-1, tokens[:, None])[:, 0], entropy
+
+
+def check_keys(keys, n: int, sampling: SamplingParams, sampled: bool) -> list[int] | None:
+    """The stream keys of `n` requests: one int per prefix, required when a token is `sampled`
+    at T > 0."""
+    if keys is None and (sampling.temperature == 0 or not sampled):
+        return None
+    if keys is None or len(keys) != n:
+        got = "none" if keys is None else f"{len(keys)}"
+        raise ValueError(f"keys: sampling at temperature > 0 needs one stream key per prefix "
+                         f"({n}; see ibtpo.rollout.streams), got {got}")
+    return [int(k) for k in keys]
 
 
 def check_requests(prefixes, max_new_tokens) -> list[int]:
@@ -295,33 +314,34 @@ class Engine:
         self.batch_size = batch_size
 
     def generate(self, prefixes: list[list[int]], max_new_tokens: int | list[int],
-                 sampling: SamplingParams,
-                 generator: torch.Generator | None = None) -> list[Sample]:
-        """One `Sample` per prefix, in order. Prefixes are grouped by length into chunks."""
+                 sampling: SamplingParams, keys: list[int] | None = None) -> list[Sample]:
+        """One `Sample` per prefix, in order. `keys`: one stream key per prefix (required when
+        sampling; `ibtpo.seeding.stream_key`). Prefixes are grouped by length into chunks."""
         limits = check_requests(prefixes, max_new_tokens)
         sampling.validate()
+        keys = check_keys(keys, len(prefixes), sampling, any(limits))
         samples = [Sample([], [], [], "length") for _ in prefixes]
         todo = sorted((i for i in range(len(prefixes)) if limits[i] > 0),
                       key=lambda i: len(prefixes[i]))
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             outs = self.generate_chunk([prefixes[i] for i in chunk], [limits[i] for i in chunk],
-                                       sampling, generator)
+                                       sampling, None if keys is None else [keys[i] for i in chunk])
             for i, s in zip(chunk, outs):
                 samples[i] = s
         return samples
 
-    def generate_chunk(self, prefixes, limits, sampling, generator) -> list[Sample]:
+    def generate_chunk(self, prefixes, limits, sampling, keys) -> list[Sample]:
         """Decode one chunk (every limit >= 1) to completion."""
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                return self.decode(prefixes, limits, sampling, generator)
+                return self.decode(prefixes, limits, sampling, keys)
         finally:
             self.model.train(was_training)
 
-    def decode(self, prefixes, limits, sampling, generator) -> list[Sample]:
+    def decode(self, prefixes, limits, sampling, keys) -> list[Sample]:
         """The decode loop: sample, record, drop stopped rows, extend the cache.
 
         Stopped rows are dropped once they are `drop_fraction` of the live rows (each drop copies
@@ -331,14 +351,16 @@ class Engine:
         logits, state = prefill(self.model, prefixes, self.pad_token_id, width)
         device, n = logits.device, len(prefixes)
         limit = torch.tensor(limits, device=device)  # (N,)
+        row_keys = None if keys is None else torch.tensor(keys, device=device)  # (N,) int64
         stop_ids = torch.tensor(self.stop_ids, device=device)  # (S,)
         tokens = torch.zeros((n, width), dtype=torch.long, device=device)  # (N, T)
         logprobs = torch.zeros((n, width), device=device)  # (N, T)
         entropies = torch.zeros((n, width), device=device)  # (N, T)
         stopped = torch.zeros(n, dtype=torch.bool, device=device)  # (N,) over live rows
         for step in range(width):
-            tok, lp, ent = next_tokens(logits, sampling, generator)
             rows = state.rows
+            tok, lp, ent = next_tokens(logits, sampling,
+                                       None if row_keys is None else row_keys[rows], step)
             tokens[rows, step], logprobs[rows, step], entropies[rows, step] = tok, lp, ent
             stopped |= torch.isin(tok, stop_ids) | (limit[rows] <= step + 1)
             n_stopped = int(stopped.sum())

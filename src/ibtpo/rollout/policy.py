@@ -5,8 +5,6 @@ What rollouts, evaluations and diagnostics need from a checkpoint, built from on
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from ibtpo.config import Config
@@ -79,13 +77,14 @@ class Policy:
         check_prompt_lengths(problems, self.encode,
                              self.model, max_new_tokens, source)
 
-    def grow_trees(self, cfg: Config, problems, rng: random.Random, generator: torch.Generator):
-        """One tree per problem (ALGORITHM.md §3); returns (trees, metrics)."""
+    def grow_trees(self, cfg: Config, problems, tree_keys: list[int]):
+        """One tree per problem (ALGORITHM.md §3), each grown from its key (`tree_keys`, e.g.
+        `ibtpo.seeding.stream_key(seed, step, prompt index)`); returns (trees, metrics)."""
         prompts = [self.encode(p.prompt) for p in problems]
         metas = [p.columns() for p in problems]
         trees, metrics = sample_trees(self.engine, prompts, [p.prompt for p in problems], metas,
                                       self.reward_fn, self.decode, rollout_params(cfg),
-                                      sampling_params(cfg), rng, generator)
+                                      sampling_params(cfg), tree_keys)
         return trees, {**metrics, **self.reward_metrics()}
 
     def evaluate(self, cfg: Config, problems, seed: int) -> dict:
@@ -94,4 +93,5 @@ class Policy:
                        max_new_tokens=cfg.sampling.max_new_tokens,
                        batch_size=cfg.eval.batch_size, seed=seed, encode=self.encode)
         self.reward_metrics()  # evaluation rewards are not rollout statistics
-        return {"eval/pass@1": res["pass@1"], "eval/avg@k": res[f"avg@{cfg.eval.k}"]}
+        return {"eval/pass@1": res["pass@1"], "eval/avg@k": res[f"avg@{cfg.eval.k}"],
+                **{f"eval/{key}": v for key, v in res.items() if key.startswith("sampled_pass@")}}

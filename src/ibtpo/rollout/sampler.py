@@ -4,11 +4,14 @@ Implements ALGORITHM.md §3 (IBTree and the other branch scorers of `ibtpo.core.
 per prompt (P prompts, G trajectories per tree):
 1. round 0: `b0` independent responses from each root, cut into chains of steps, leaves scored;
 2. rounds 1 .. L-1: per tree, score the candidate nodes, pick the top `k` (`select_nodes`, ties
-   broken with the run's `random.Random`), sample `bn` continuations of each picked node's prefix,
+   broken with the tree's own `random.Random`), sample `bn` continuations of each picked node's prefix,
    hang them as new chains, score the new leaves; `tree.branch_points` records the node of
    every branch, in order. With no branching (every candidate dropped, or the
    "independent" scorer, which scores nothing) the loop stops early.
-Every round is one `engine.generate` call over the requests of all trees together. Rewards are
+Every round is one `engine.generate` call over the requests of all trees together. Randomness
+is per tree (`TreeStreams`, from the tree's key): its tie-breaking stream and one sampling key per
+continuation, numbered in the order the tree asks for them, so a tree grows the same whatever
+other trees share its batch or in what order requests run. Rewards are
 computed as leaves appear, because the IB-Score needs leaf rewards to choose where to branch.
 G = b0 + (L-1)·k·bn when nothing below stops a branch.
 
@@ -37,11 +40,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from ibtpo.core.branching import BranchParams, get_scorer, select_nodes
 from ibtpo.core.tree import Node, Tree, attach_response, leaf_reward, new_tree
 from ibtpo.rollout.engine import SamplingParams
+from ibtpo.seeding import stream_key
 
 
 @dataclass
@@ -86,6 +88,20 @@ class Request:
     tree: Tree
     node: Node
     limit: int
+    key: int  # the continuation's sampling stream (`TreeStreams.next_key`)
+
+
+class TreeStreams:
+    """One tree's randomness, from its key: a tie-breaking / random-scorer stream and one
+    sampling key per continuation, numbered 0, 1, ... in the order the tree requests them."""
+
+    def __init__(self, key: int):
+        self.key, self.count = key, 0
+        self.rng = random.Random(stream_key(key, "branching"))
+
+    def next_key(self) -> int:
+        self.count += 1
+        return stream_key(self.key, "sample", self.count - 1)
 
 
 def room(tree: Tree, node: Node, params: RolloutParams) -> int:
@@ -93,15 +109,18 @@ def room(tree: Tree, node: Node, params: RolloutParams) -> int:
     return params.max_new_tokens - len(tree.response_ids(node))
 
 
-def initial_requests(trees: list[Tree], params: RolloutParams) -> list[Request]:
+def initial_requests(trees: list[Tree], streams: list[TreeStreams],
+                     params: RolloutParams) -> list[Request]:
     """Round 0: `b0` full-length responses from every root."""
-    return [Request(t, t.root, params.max_new_tokens) for t in trees for _ in range(params.b0)]
+    return [Request(t, t.root, params.max_new_tokens, st.next_key())
+            for t, st in zip(trees, streams) for _ in range(params.b0)]
 
 
 def tree_requests(tree: Tree, params: RolloutParams, scorer, bparams: BranchParams,
-                  rng: random.Random) -> list[Request]:
+                  streams: TreeStreams) -> list[Request]:
     """One tree's branches for this round: top-k candidates that have room and fit the budget."""
     left = params.token_budget - tree.num_generated_tokens() if params.token_budget else None
+    rng = streams.rng
     scores = scorer(tree, bparams, rng)
     limits = {node: room(tree, node, params) for node in scores}
     fits = {n: s for n, s in scores.items()
@@ -111,15 +130,17 @@ def tree_requests(tree: Tree, params: RolloutParams, scorer, bparams: BranchPara
         cost = params.bn * limits[node]  # worst case: every continuation runs to its limit
         if left is not None and cost > left:
             continue
-        out += [Request(tree, node, limits[node]) for _ in range(params.bn)]
+        out += [Request(tree, node, limits[node], streams.next_key()) for _ in range(params.bn)]
         left = None if left is None else left - cost
     return out
 
 
-def branch_requests(trees: list[Tree], params: RolloutParams, rng: random.Random) -> list[Request]:
+def branch_requests(trees: list[Tree], streams: list[TreeStreams],
+                    params: RolloutParams) -> list[Request]:
     """Rounds 1 .. L-1: the branches of every tree, in tree order."""
     scorer, bparams = get_scorer(params.scorer), params.branch_params()
-    return [r for tree in trees for r in tree_requests(tree, params, scorer, bparams, rng)]
+    return [r for tree, st in zip(trees, streams)
+            for r in tree_requests(tree, params, scorer, bparams, st)]
 
 
 def reward_columns(trees: list[Tree]) -> dict[str, list]:
@@ -147,7 +168,8 @@ def run_round(engine, requests: list[Request], ctx: dict, stats: dict) -> None:
     params: RolloutParams = ctx["params"]
     t0 = time.perf_counter()
     samples = engine.generate([r.tree.prefix_ids(r.node) for r in requests],
-                              [r.limit for r in requests], ctx["sampling"], ctx["generator"])
+                              [r.limit for r in requests], ctx["sampling"],
+                              [r.key for r in requests])
     t1 = time.perf_counter()
     pairs = [(r.tree, attach_response(r.tree, r.node, s.token_ids, s.logprobs, s.entropies,
                                       s.stop_reason, ctx["decode"], params.step_delimiter,
@@ -160,10 +182,10 @@ def run_round(engine, requests: list[Request], ctx: dict, stats: dict) -> None:
     stats["rollout/rounds"] += 1
 
 
-def make_trees(prompts, prompt_texts, metas) -> list[Tree]:
+def make_trees(prompts, prompt_texts, metas, tree_keys) -> list[Tree]:
     """One empty tree per prompt; lengths must agree."""
     metas = [{} for _ in prompts] if metas is None else metas
-    for name, xs in (("prompt_texts", prompt_texts), ("metas", metas)):
+    for name, xs in (("prompt_texts", prompt_texts), ("metas", metas), ("tree_keys", tree_keys)):
         if len(xs) != len(prompts):
             raise ValueError(
                 f"{name}: expected {len(prompts)} entries (one per prompt), got {len(xs)}")
@@ -176,21 +198,22 @@ def make_trees(prompts, prompt_texts, metas) -> list[Tree]:
 def sample_trees(engine, prompts: list[list[int]], prompt_texts: list[str],
                  metas: list[dict] | None,
                  reward_fn, decode: Callable[[list[int]], str], params: RolloutParams,
-                 sampling: SamplingParams, rng: random.Random, generator: torch.Generator | None,
+                 sampling: SamplingParams, tree_keys: list[int],
                  progress: Callable[[int, int], None] | None = None) -> tuple[list[Tree], dict]:
     """Grow one tree per prompt (ALGORITHM.md §3); return (trees, metrics).
 
-    `progress(rounds_done, rounds)` is called after each round when given.
+    `tree_keys`: one key per prompt (`ibtpo.seeding.stream_key`), the seed of everything random
+    in its tree. `progress(rounds_done, rounds)` is called after each round when given.
     """
-    trees = make_trees(prompts, prompt_texts, metas)
-    ctx = dict(params=params, sampling=sampling, generator=generator, decode=decode,
-               reward_fn=reward_fn)
+    trees = make_trees(prompts, prompt_texts, metas, tree_keys)
+    streams = [TreeStreams(int(k)) for k in tree_keys]
+    ctx = dict(params=params, sampling=sampling, decode=decode, reward_fn=reward_fn)
     stats = dict.fromkeys(["rollout/generated_tokens", "rollout/unscorable", "rollout/rounds",
                            "rollout/branches", "time/generate_s", "time/reward_s"], 0.0)
-    requests = initial_requests(trees, params)
+    requests = initial_requests(trees, streams, params)
     for round_index in range(params.rounds):
         if round_index > 0:
-            requests = branch_requests(trees, params, rng)
+            requests = branch_requests(trees, streams, params)
             if not requests:
                 break
             stats["rollout/branches"] += len(requests)

@@ -56,12 +56,6 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def rank_stream(name: str, rank: int) -> str:
-    """The name of RNG stream `name` on rank `rank` (rank 0 keeps the one-process stream), so
-    that ranks sample and break ties independently."""
-    return name if rank == 0 else f"{name}/rank{rank}"
-
-
 def reduction_of(name: str) -> str:
     """The REDUCTIONS rule of metric `name` (time/* take the slowest rank, loss/* the share)."""
     if name in REDUCTIONS:
@@ -190,10 +184,12 @@ class Dist:
         with self.accel.split_between_processes(items) as mine:
             return list(mine)
 
-    def check_prompts_per_step(self, n: int) -> None:
-        if n < self.world:
+    def check_prompts_per_step(self, n: int, mini_batches: int = 1) -> None:
+        """ValueError unless every process gets at least one prompt per mini-batch."""
+        if n < self.world * mini_batches:
             raise ValueError(f"train.prompts_per_step: got {n}, expected at least one prompt per "
-                             f"process ({self.world} processes)")
+                             f"process and mini-batch ({self.world} process(es) x "
+                             f"train.mini_batches={mini_batches})")
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""

@@ -40,11 +40,11 @@ from ibtpo.metrics import MetricsLogger, tree_metrics
 from ibtpo.models import fingerprint
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
-from ibtpo.seeding import BRANCHING, SAMPLING, TRAIN_PROBLEMS, stream_generator, stream_rng
+from ibtpo.seeding import SAMPLING, TRAIN_PROBLEMS, stream_key, stream_rng
 from ibtpo.training import batch as padded
 from ibtpo.training import checkpoint as ckpt
 from ibtpo.training import packing
-from ibtpo.training.distributed import Dist, rank_stream
+from ibtpo.training.distributed import Dist
 from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
@@ -65,7 +65,7 @@ class Trainer:
         kernels.pin(cfg.model.kernels)
         self.init_eval: dict | None = None
         self.dist = Dist(cfg.model.device)
-        self.dist.check_prompts_per_step(cfg.train.prompts_per_step)
+        self.dist.check_prompts_per_step(cfg.train.prompts_per_step, cfg.train.mini_batches)
         self.progress = progress and self.dist.is_main
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         found = self.find_resume_checkpoint(resume)
@@ -101,11 +101,7 @@ class Trainer:
         self.adv_params = AdvParams(beta=a.beta, lam=a.lam, prob_norm=cfg.rollout.prob_norm,
                                     ib_adv_on_zero_var_groups=a.ib_adv_on_zero_var_groups,
                                     ib_prob=a.ib_prob)
-        seed, rank = cfg.train.seed, self.dist.rank
-        self.problem_rng = stream_rng(seed, TRAIN_PROBLEMS)  # which prompts (rank 0's are used)
-        self.rng = stream_rng(seed, rank_stream(BRANCHING, rank))  # tie-breaking, random scorer
-        self.generator = stream_generator(seed, rank_stream(SAMPLING, rank),
-                                          self.policy.device)  # token sampling
+        self.problem_rng = stream_rng(cfg.train.seed, TRAIN_PROBLEMS)  # rank 0's prompts are used
         self.step, self.generated_tokens, self.nonfinite_streak = 0, 0, 0
         self.loss_share = 1.0  # this rank's share of the loss denominator (set by micro_batches)
         self.stop = StopSignals()
@@ -118,22 +114,20 @@ class Trainer:
         """Sample P trees, compute step advantages, update the policy; returns the step's
         metrics."""
         t0 = time.perf_counter()
-        problems = self.dist.share(self.task.train_batch(self.cfg.train.prompts_per_step,
-                                                         self.problem_rng))
-        trees, rollout_metrics = self.policy.grow_trees(self.cfg, problems, self.rng,
-                                                        self.generator)
+        trees, rollout_metrics = self.rollout(
+            self.task.train_batch(self.cfg.train.prompts_per_step, self.problem_rng))
         t1 = time.perf_counter()
-        batch, adv_metrics = self.prepare_batch(trees)
+        batches, adv_metrics = self.prepare_batches(trees)
         ckpt.fault_point("step:rollout", self.step + 1)
-        loss_metrics = self.update(batch)
+        loss_metrics = self.update(batches)
         t2 = time.perf_counter()
         metrics = self.dist.reduce_metrics(
             {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
                                                self.adv_params.prob_norm),
              **adv_metrics, **loss_metrics, "rollout/reward_errors":
              self.policy.reward_fn.take_errors(),
-             "train/batch_tokens": sum((j - i) * batch.slice(i, j).input_ids.shape[1]
-                                       for i, j in self.micro_batch_bounds(batch)),
+             "train/batch_tokens": sum((j - i) * b.slice(i, j).input_ids.shape[1]
+                                       for b in batches for i, j in self.micro_batch_bounds(b)),
              "train/trajectory_tokens": packing.trajectory_tokens(trees),
              "time/rollout_s": t1 - t0, "time/train_s": t2 - t1, "time/step_s": t2 - t0},
             {"prompts": len(trees), "traj": sum(len(t.leaves()) for t in trees),
@@ -143,17 +137,48 @@ class Trainer:
         return {**metrics, "train/step": self.step, "train/generated_tokens": self.generated_tokens,
                 "train/lr": self.scheduler.get_last_lr()[0]}
 
+    def rollout(self, problems) -> tuple[list, dict]:
+        """This rank's trees of the step's `problems` (every rank's list, as rank 0 drew it)."""
+        mine = self.dist.share(list(enumerate(problems)))
+        return self.policy.grow_trees(self.cfg, [p for _, p in mine],
+                                      [self.tree_key(i) for i, _ in mine])
+
+    def tree_key(self, index: int) -> int:
+        """The key of everything random in this step's tree of prompt `index` (of the whole
+        step, over every rank): trees do not depend on ranks, batching or scheduling."""
+        return stream_key(self.cfg.train.seed, SAMPLING, self.step, index)
+
+    def prepare_batches(self, trees) -> tuple[list, dict]:
+        """The step's training batches, one per mini-batch of whole trees
+        (``train.mini_batches``), and the advantage metrics. Each batch gets its layout, its old
+        log-probs (the rollout's, or recomputed before any update when asked) and its reference
+        log-probs; the advantages are computed once, over every tree of the step."""
+        groups = split_trees(trees, self.cfg.train.mini_batches)
+        batches = [self.layout(group) for group in groups]
+        advantages, adv_metrics = self.estimator(trees, self.adv_params)
+        out, start = [], 0
+        for group, batch in zip(groups, batches):
+            out.append(self.assign_advantages(batch, group,
+                                              advantages[start:start + len(group)]))
+            start += len(group)
+        return out, adv_metrics
+
     def prepare_batch(self, trees):
-        """The step's training batch from its trees, and the advantage metrics: layout, old
-        log-probs (recomputed when asked), reference log-probs, advantages."""
+        """`prepare_batches` of one mini-batch: (the batch of every tree, advantage metrics)."""
+        batches, adv_metrics = self.prepare_batches(trees)
+        assert len(batches) == 1, "prepare_batch is for train.mini_batches = 1"
+        return batches[0], adv_metrics
+
+    def layout(self, trees):
+        """The training batch of `trees` before advantages: token layout, old log-probs
+        (recomputed when asked), reference log-probs (and the steps' ones for A_IB with pi_ref)."""
         batch = self.make_batch(trees)
         if self.cfg.train.recompute_old_logprobs:
             batch = self.recompute_old_logprobs(batch)
         self.reference_logprobs(batch)
         if self.adv_params.ib_prob == "ref":
             self.fill_step_ref_logprobs(batch, trees)
-        advantages, adv_metrics = self.estimator(trees, self.adv_params)
-        return self.assign_advantages(batch, trees, advantages), adv_metrics
+        return batch
 
     @torch.no_grad()
     def recompute_old_logprobs(self, batch):
@@ -215,26 +240,34 @@ class Trainer:
         return torch.autocast(self.policy.device.type, dtype=torch.bfloat16,
                               enabled=self.cfg.train.autocast == "bf16")
 
-    def update(self, batch) -> dict:
-        """``train.num_iterations`` optimizer steps, each over the whole batch in micro-batches;
-        an iteration with a non-finite loss or gradient is skipped (and the ones after it)."""
+    def update(self, batches: list) -> dict:
+        """``train.num_iterations`` passes over the step's mini-batches, one optimizer step per
+        mini-batch (over its micro-batches; the ratio leaves 1 from the second step on). A step
+        with a non-finite loss or gradient is skipped, and the ones after it."""
         self.model.train()
         metrics: list[dict] = []
         for _ in range(self.cfg.train.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            mbs, finite = list(self.micro_batches(batch)), torch.tensor(True)
-            for i, (mb, weight) in enumerate(mbs):
-                with self.dist.sync(self.model, last=i == len(mbs) - 1):
-                    loss, m = self.micro_step(mb)
-                    self.dist.backward(loss * weight)
-                finite = finite & torch.isfinite(loss.detach()).cpu()
-                metrics.append(m)
-            norm, skipped = self.clip_and_step(bool(finite))
-            metrics[-1].update({"train/grad_norm": norm, "train/skipped": float(skipped)})
-            if skipped:
-                break
+            for batch in batches:
+                if self.optimizer_step(batch, metrics):
+                    self.model.eval()
+                    return _mean_metrics(metrics)
         self.model.eval()
         return _mean_metrics(metrics)
+
+    def optimizer_step(self, batch, metrics: list[dict]) -> bool:
+        """One optimizer step over `batch` in micro-batches (their metrics appended to `metrics`);
+        returns whether it was skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        mbs, finite = list(self.micro_batches(batch)), torch.tensor(True)
+        for i, (mb, weight) in enumerate(mbs):
+            with self.dist.sync(self.model, last=i == len(mbs) - 1):
+                loss, m = self.micro_step(mb)
+                self.dist.backward(loss * weight)
+            finite = finite & torch.isfinite(loss.detach()).cpu()
+            metrics.append(m)
+        norm, skipped = self.clip_and_step(bool(finite))
+        metrics[-1].update({"train/grad_norm": norm, "train/skipped": float(skipped)})
+        return skipped
 
     def micro_batch_bounds(self, batch) -> list[tuple[int, int]]:
         """Row ranges of at most ``train.micro_batch_size`` rows (padded) or, packed, of at most
@@ -481,6 +514,15 @@ def _reference(model):
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
+
+
+def split_trees(trees: list, n: int) -> list[list]:
+    """`trees` in `n` contiguous mini-batches of whole trees, sizes differing by at most one."""
+    size, extra = divmod(len(trees), n)
+    bounds = [0]
+    for i in range(n):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return [trees[i:j] for i, j in zip(bounds, bounds[1:])]
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
