@@ -20,7 +20,8 @@ Choices (config key in brackets):
   loss/total = pg + beta_kl kl - entropy_coef entropy), loss/clipfrac (= low + high),
   loss/clipfrac_low (rho < 1 - eps_low with A < 0: the clipped term is used), loss/clipfrac_high
   (rho > 1 + eps_high with A > 0), loss/ratio_mean (all three token-means over masked tokens),
-  loss/ratio_std (the ratio's standard deviation over the same tokens: 0 on-policy), loss/total. No .item() here.
+  loss/ratio_std (the ratio's standard deviation over the same tokens: 0 on-policy),
+  loss/total. No .item() here.
 - `weighted_policy_loss` is the same loss over tokens that several sequences share (tree packing,
   `training.packing`): per-token sums of the sequences' aggregation weights, split by the sign of
   their advantages, give the same value and gradient as `policy_loss` over the unpacked rows.

@@ -4,9 +4,9 @@ Implements ALGORITHM.md §3 (IBTree and the other branch scorers of `ibtpo.core.
 per prompt (P prompts, G trajectories per tree):
 1. round 0: `b0` independent responses from each root, cut into chains of steps, leaves scored;
 2. rounds 1 .. L-1: per tree, score the candidate nodes, pick the top `k` (`select_nodes`, ties
-   broken with the tree's own `random.Random`), sample `bn` continuations of each picked node's prefix,
-   hang them as new chains, score the new leaves; `tree.branch_points` records the node of
-   every branch, in order. With no branching (every candidate dropped, or the
+   broken with the tree's own `random.Random`), sample `bn` continuations of each picked node's
+   prefix, hang them as new chains, score the new leaves; `tree.branch_points` records the node
+   of every branch, in order. With no branching (every candidate dropped, or the
    "independent" scorer, which scores nothing) the loop stops early.
 Every round is one `engine.generate` call over the requests of all trees together. Randomness
 is per tree (`TreeStreams`, from the tree's key): its tie-breaking stream and one sampling key per
