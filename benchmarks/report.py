@@ -8,11 +8,12 @@ writes BENCHMARKS.md at the repository root with links to the images under bench
 
 from __future__ import annotations
 
+import json
 import re
 
 from common import RESULTS, ROOT
 
-STUDIES = ("branching", "methods", "dynamics")
+STUDIES = ("branching", "methods", "dynamics", "pressure")
 INTRO = """# Benchmarks
 
 Every section below was written by the command it names (`benchmarks/<study>.py`), on the machine
@@ -23,27 +24,43 @@ single-digit operands, one step per operation, 1,000 held-out problems) and the 
 stops at the first validation, every 25 steps on 300 training-distribution problems, whose greedy
 accuracy reaches 0.4; seeded and not timed).
 
-**What reproduces** (measured 2026-12-06 with `ibtpo sft`, default config). The warm-up is a
-function of its seeds *and of the CPU kernels* that torch, MKL and oneDNN run. On the AVX-512
-kernels it stops at step 575 with held-out pass@1 0.438 (model.safetensors sha256
-`0dc2ead27d5c992b…`); on the AVX2 kernels, forced on the same machine, at step 425 with 0.360
-(sha256 `ed9e5158f56354f1…`), bit for bit the weights, losses and stopping step that a real AVX2
-machine gave by default. A last-bit difference is enough: the warm-up's sudden accuracy jump
-turns it into another model. Since then every command runs on the portable kernels
-(`model.kernels=portable`, ibtpo/kernels.py), so every x86-64 machine with AVX2 starts RL from
-the 425-step model; on one machine a seeded run is bit-identical when repeated (resume and
-rerun tests). **The studies below ran before the kernels were pinned, from the 575-step
-AVX-512 warm-up**: a rerun starts from the 425-step one, and its figures move (the demo, 3 seeds
-x 100k tokens, pinned here: GRPO 0.485 ± 0.033, IB-TPO 0.496 ± 0.018 from 0.360, against 0.512
-and 0.507 from 0.438 before). Across machines the pinned demo reproduces the warm-up and GRPO
-(0.485 ± 0.033 on the real AVX2 machine too) but not yet IB-TPO exactly (0.499 ± 0.011 there,
-28.8 against 29.0 trajectories per 1k tokens): a part of the tree path still computes other bits
-there, within the interval. Their rerun under the pinned kernels is the next evidence round.
+**What reproduces** (measured with `ibtpo sft`, default config, and `benchmarks/repeat.py`).
+- *The warm-up* is a function of its seeds *and of the CPU kernels* that torch, MKL and oneDNN
+  run. On the AVX-512 kernels it stops at step 575 with held-out pass@1 0.438 (sha256
+  `0dc2ead27d5c992b…`); on the AVX2 kernels at step 425 with 0.360 (sha256 `ed9e5158f56354f1…`),
+  bit for bit what a real AVX2 machine gave. Every command now runs on the portable (AVX2)
+  kernels (`model.kernels=portable`), so every x86-64 machine with AVX2 starts RL from the
+  425-step model (re-made on 2026-12-06: the same sha256).
+- *A seeded run on one machine* repeats bit for bit: REPEAT_LINE
+- *Across machines*, before per-row streams, the pinned demo reproduced the warm-up and GRPO bit
+  for bit on the AVX2 machine, but not IB-TPO (0.499 ± 0.011 there against 0.496 ± 0.018 here,
+  within the interval). Since then every sampled token is drawn from an integer counter-based
+  stream (`rollout/streams.py`) instead of torch's exponential kernel (which calls MKL's random
+  number library); whether that removes IB-TPO's difference is not measured (no second machine).
+- *Studies 1–3 below ran before the kernels were pinned and before per-row streams*, from the
+  575-step warm-up, with another sampler: their figures are of that code. Rerunning them
+  (`make evidence`) starts from the 425-step warm-up and writes committed run records. *Study 4*
+  runs on today's code; each of its runs is a committed record (benchmarks/results/runs/) with
+  its code version and warm-up digest, reused on any machine only when both match, and its final
+  weights digest, so a rerun elsewhere can check bit-identity run by run.
 """
 
 
+def repeat_line() -> str:
+    """The same-machine repeat measurement (results/repeat.json), as a sentence."""
+    path = RESULTS / "repeat.json"
+    if not path.is_file():
+        return "not measured yet (`benchmarks/repeat.py`)."
+    data = json.loads(path.read_text())
+    parts = [f"{name} {'identical' if r['identical_weights'] else 'DIFFERENT'} final weights "
+             f"(digest {r['weights'][0]}), {r['differing_metric_values']} differing metric "
+             f"values over {r['steps']} steps" for name, r in data["configs"].items()]
+    return (f"each config trained twice with one seed to {data['budget']:,} tokens gave "
+            f"{'; '.join(parts)} ({data['machine']}).")
+
+
 def main() -> None:
-    sections = [INTRO]
+    sections = [INTRO.replace("REPEAT_LINE", repeat_line())]
     for name in STUDIES:
         md = RESULTS / f"{name}.md"
         if md.is_file():

@@ -246,11 +246,9 @@ class Trainer:
         with a non-finite loss or gradient is skipped, and the ones after it."""
         self.model.train()
         metrics: list[dict] = []
-        for _ in range(self.cfg.train.num_iterations):
-            for batch in batches:
-                if self.optimizer_step(batch, metrics):
-                    self.model.eval()
-                    return _mean_metrics(metrics)
+        for batch in [b for _ in range(self.cfg.train.num_iterations) for b in batches]:
+            if self.optimizer_step(batch, metrics):
+                break
         self.model.eval()
         return _mean_metrics(metrics)
 
