@@ -119,3 +119,25 @@ def test_equal_steps_and_committed_records_reused_only_when_current(warm_checkpo
     assert (tmp_path / "c" / "grpo" / "seed0" / "metrics.jsonl").is_file()
     record = json.loads((tmp_path / "records" / "ibtpo" / "seed0.json").read_text())
     assert record["code_version"] == "0123456789abcdef"
+
+
+def test_a_run_stopped_by_a_signal_is_neither_summarised_nor_recorded(warm_checkpoint, tmp_path,
+                                                                      monkeypatch):
+    """SIGTERM ends the trainer's loop early and normally; compare must not take that run for a
+    finished one (a record of it would be reused as if complete)."""
+    from ibtpo.compare import SUMMARY_FILE, run_one
+    from ibtpo.config import load_config
+    from ibtpo.training.trainer import Trainer
+
+    def stopped(self):
+        self.stop.signum = 15
+        return {}
+
+    monkeypatch.setattr(Trainer, "train", stopped)
+    cfg = load_config([resolve_config_path("grpo")], EASY + [
+        f"train.init={warm_checkpoint}", f"train.out_dir={tmp_path / 'run'}",
+        "train.token_budget=1000"])
+    with pytest.raises(SystemExit) as exit_:
+        run_one(cfg, progress=False, record=tmp_path / "rec.json")
+    assert exit_.value.code == 143
+    assert not (tmp_path / "rec.json").exists() and not (tmp_path / "run" / SUMMARY_FILE).exists()

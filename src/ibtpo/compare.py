@@ -328,6 +328,10 @@ def run_one(cfg, progress: bool = True, reuse: bool = True, init_cache: dict | N
             start += time.perf_counter() - t0  # the shared warm-up evaluation is not this run's
         trainer.init_eval = init_cache[key]
     trainer.train()
+    if trainer.stop.signum is not None:  # SIGINT / SIGTERM: an unfinished run is never reused
+        print(f"   stopped by signal {trainer.stop.signum} at step {trainer.step}: {out} is "
+              "not a finished run (no summary, no record)")
+        raise SystemExit(128 + trainer.stop.signum)
     rows = read_metrics(out / "metrics.jsonl")
     summary = {**summarise_run(rows), "wall_s": time.perf_counter() - start,
                "init_fingerprint": trainer.init_fingerprint,
