@@ -6,8 +6,8 @@ import pytest
 
 from ibtpo.cli import main
 from ibtpo.compare import outcome_table, run_compare, summarise_run
-from ibtpo.provenance import code_version
 from ibtpo.config import ConfigError, resolve_config_path
+from ibtpo.provenance import code_version
 
 EASY = ["task.terms=[2]", "task.max_operand=9", "task.eval_size=30", "sampling.max_new_tokens=24",
         "eval.size=10", "eval.k=1", "train.tensorboard=false", "train.prompts_per_step=4"]

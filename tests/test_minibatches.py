@@ -3,12 +3,12 @@ old log-probs, reference and advantages from the rollout."""
 
 import pytest
 import torch
-from test_packing import loss_and_grad, make_trainer, random_trees
-from test_trainer import rl_config
 
 from ibtpo.core.advantages import AdvParams, get_estimator
 from ibtpo.core.losses import AGG_MODES
 from ibtpo.training.trainer import Trainer, split_trees
+from test_packing import loss_and_grad, make_trainer, random_trees
+from test_trainer import rl_config
 
 
 def test_split_trees_is_contiguous_and_balanced():

@@ -3,10 +3,10 @@ the batch it happens to run in.
 
 A continuation (one request to the engine) carries a 63-bit key, built with
 `ibtpo.seeding.stream_key` from the run's seed, the tree (step and global prompt index) and the
-continuation's number within its tree. Its token at position `t` (0 = first new token) is drawn with the uniform
-`uniforms(keys, t)`, a counter-based hash (splitmix64's finaliser) in integer arithmetic, so
-it is the same bits on any CPU or GPU, whatever the batch size, the chunking, the number of
-ranks, or the order in which a scheduler runs the requests.
+continuation's number within its tree. Its token at position `t` (0 = first new token) is
+drawn with the uniform `uniforms(keys, t)`, a counter-based hash (splitmix64's finaliser) in
+integer arithmetic, so it is the same bits on any CPU or GPU, whatever the batch size, the
+chunking, the number of ranks, or the order in which a scheduler runs the requests.
 
     uniform (key, t) = (mix64(key + (t + 1) * 0x9E3779B97F4A7C15) >> 11 + 0.5) / 2**53
 
