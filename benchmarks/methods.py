@@ -138,17 +138,15 @@ def main() -> None:
     names, seeds, budget = plan(args)
     evals = QUICK_EVALS if args.quick else EVALS
     report, results, _ = run(names, seeds, budget, evals)
-    steps = round(statistics.median(r["steps"] for r in results["grpo"])) if "grpo" in results \
-        else None
-    if steps and "ibtpo" in results:
-        pair = {n: seeds[n] for n in MAIN}
-        steps_report, _, _ = run(list(MAIN), pair, budget, evals, steps=steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "methods.png").write_bytes((runs_dir(budget) / "compare.png").read_bytes())
     legend = "\n".join(f"- `{n}`: {METHODS[n]}" for n in names)
     body = (f"{legend}\n\n{report}\n![training curves](methods.png)\n\n"
             "### Reading (generated)\n\n" + reading(results))
-    if steps and "ibtpo" in results:
+    if all(n in results for n in MAIN):  # the main pair at GRPO's median number of steps
+        steps = round(statistics.median(r["steps"] for r in results["grpo"]))
+        steps_report, _, _ = run(list(MAIN), {n: seeds[n] for n in MAIN}, budget, evals,
+                                 steps=steps)
         body += (f"\n### GRPO and IB-TPO at equal optimizer steps ({steps}, GRPO's median at "
                  f"{budget:,} tokens)\n\n{steps_report}")
     write_section("methods", "Study 2 — methods at equal generated tokens (paper Tables 1–2)",
