@@ -24,10 +24,17 @@ import torch  # noqa: E402
 
 from ibtpo.config import load_config  # noqa: E402
 from ibtpo.models import read_extra  # noqa: E402
+from ibtpo.provenance import same_code  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WARMUP_DIR = ROOT / "runs" / "testbed" / "sft"
+EQUIVALENCE = RESULTS / "runs" / "equivalent.json"  # written by benchmarks/equivalence.py
+
+
+def accepted_code() -> frozenset[str]:
+    """Code versions whose committed records count as today's (benchmarks/equivalence.py)."""
+    return same_code(EQUIVALENCE)
 
 
 def machine() -> str:

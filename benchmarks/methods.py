@@ -23,7 +23,7 @@ import argparse
 import statistics
 import time
 
-from common import RESULTS, ROOT, warmup, write_section
+from common import RESULTS, ROOT, accepted_code, warmup, write_section
 from ibtpo.compare import run_compare
 from ibtpo.config import resolve_config_path
 from ibtpo.stats import paired_ci
@@ -92,6 +92,7 @@ def run(names: list[str], seeds: dict, budget: int, evals: int = EVALS, progress
                        token_budget=budget, steps=steps, progress=progress,
                        baseline="grpo" if "grpo" in names else None,
                        record_dir=RECORDS / kind if budget == BUDGET else None,
+                       same_code=accepted_code(),
                        title=(f"GRPO and IB-TPO at {steps} optimizer steps" if steps
                               else f"Methods at {budget:,} generated tokens"))
 

@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from common import RESULTS, ROOT, warmup, write_section
+from common import RESULTS, ROOT, accepted_code, warmup, write_section
 from ibtpo.compare import plot_curves, run_compare
 from ibtpo.config import resolve_config_path
 from ibtpo.stats import fmt_ci, mean_ci, paired_ci
@@ -90,7 +90,7 @@ def pilot() -> dict:
     _, _, curves = run_compare(
         [resolve_config_path("grpo")], seeds=PILOT_SEEDS, token_budget=PILOT_TOKENS,
         overrides=overrides(model, PILOT_TOKENS, PILOT_TOKENS // PILOT_EVERY) + ["eval.k=1"],
-        out_dir=RUNS / "pilot", record_dir=RECORDS / "pilot",
+        out_dir=RUNS / "pilot", record_dir=RECORDS / "pilot", same_code=accepted_code(),
         title=f"Study 4 pilot: GRPO to {PILOT_TOKENS:,} tokens")
     milestones = list(range(PILOT_EVERY, PILOT_TOKENS + 1, PILOT_EVERY))
     per_seed = []
@@ -118,6 +118,7 @@ def run_cell(lr: float, n: int, names, seeds: int, horizon: int, model: str):
         overrides=overrides(model, horizon, EVALS) + [f"train.lr={lr}",
                                                       f"train.mini_batches={n}"],
         out_dir=RUNS / cell, record_dir=RECORDS / cell, baseline="grpo",
+        same_code=accepted_code(),
         title=f"Study 4 cell {cell}")
     return results, curves
 

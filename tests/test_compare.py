@@ -141,3 +141,23 @@ def test_a_run_stopped_by_a_signal_is_neither_summarised_nor_recorded(warm_check
         run_one(cfg, progress=False, record=tmp_path / "rec.json")
     assert exit_.value.code == 143
     assert not (tmp_path / "rec.json").exists() and not (tmp_path / "run" / SUMMARY_FILE).exists()
+
+
+def test_a_record_without_a_field_added_since_matches_only_at_its_default():
+    """A config field added to the code after a record was written agrees with the record when
+    today's value is the field's default (the code-version check vouches for the default);
+    every other difference, a field the record has and today's code does not included, is
+    stale."""
+    from ibtpo.compare import _portable_config, same_config
+    from ibtpo.config import Config, load_config
+
+    today = _portable_config(load_config([resolve_config_path("ibtpo")]))
+    assert same_config(today, today)
+    older = json.loads(json.dumps(today))
+    del older["train"]["mini_batches"]  # a record from before train.mini_batches existed
+    assert Config().train.mini_batches == 1 == today["train"]["mini_batches"]
+    assert same_config(older, today)
+    assert not same_config(older, {**today, "train": {**today["train"], "mini_batches": 4}})
+    assert not same_config({**older, "gone": {"x": 1}}, today)  # a section since removed
+    assert not same_config({**today, "train": {**today["train"], "old_field": 1}}, today)
+    assert not same_config({**today, "train": {**today["train"], "lr": 1.0}}, today)

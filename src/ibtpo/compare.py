@@ -14,7 +14,10 @@ tokens.
   writes a small record there: its metrics rows (the keys of RECORD_KEYS), resolved config,
   code version (`ibtpo.provenance`), git commit, warm-up digest and fingerprints. A record is
   reused, on any machine, only when its config, its warm-up's weights digest and its code
-  version are today's; a stale one is rerun and replaced, never mixed in.
+  version are today's; a stale one is rerun and replaced, never mixed in. A study may pass
+  `same_code`: older code versions shown to compute the same numbers as today's
+  (`ibtpo.provenance.same_code`, `benchmarks/equivalence.py`); their records count as today's,
+  and a config field added since counts as agreeing when today's value is its default.
 
 ``ibtpo demo`` = warm-up (reused when present) -> compare GRPO vs IB-TPO -> ``runs/demo/``.
 """
@@ -29,7 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ibtpo.config import ConfigError, load_config, resolve_config_path
+from ibtpo.config import Config, ConfigError, load_config, resolve_config_path
 from ibtpo.metrics import read_metrics
 from ibtpo.models import describe_fingerprint, fingerprint, read_extra
 from ibtpo.provenance import code_version, git_commit
@@ -283,16 +286,33 @@ def write_record(path: Path, cfg, summary: dict, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def reusable_record(path: Path | None, cfg) -> dict | None:
-    """The record at `path` when it holds this config's run from today's code and warm-up; None
-    (with a line saying why) otherwise."""
+def same_config(recorded: dict, today: dict) -> bool:
+    """Is a recorded (portable) config today's? Every field must agree; a field the record does
+    not have (added to the code since) agrees when today's value is its default."""
+    default = _portable_config(Config())
+    if set(recorded) - set(today):
+        return False
+    for section, fields in today.items():
+        rec = recorded.get(section, {})
+        if set(rec) - set(fields):
+            return False
+        if any((rec[k] if k in rec else default[section][k]) != v for k, v in fields.items()):
+            return False
+    return True
+
+
+def reusable_record(path: Path | None, cfg, same_code: frozenset[str] = frozenset()
+                    ) -> dict | None:
+    """The record at `path` when it holds this config's run from today's code (or a version in
+    `same_code`) and warm-up; None (with a line saying why) otherwise."""
     if path is None or not path.is_file():
         return None
     record = json.loads(path.read_text())
+    versions = {code_version(), *same_code}
     why = [what for what, same in (
-        ("config", record.get("config") == _portable_config(cfg)),
+        ("config", same_config(record.get("config", {}), _portable_config(cfg))),
         (f"code version {record.get('code_version')} (now {code_version()})",
-         record.get("code_version") == code_version()),
+         record.get("code_version") in versions),
         ("warm-up weights", record.get("init_weights") == init_digest(cfg.train.init)))
         if not same]
     if why:
@@ -302,12 +322,13 @@ def reusable_record(path: Path | None, cfg) -> dict | None:
 
 
 def run_one(cfg, progress: bool = True, reuse: bool = True, init_cache: dict | None = None,
-            record: Path | None = None) -> tuple[dict, list[dict]]:
+            record: Path | None = None, same_code: frozenset[str] = frozenset()
+            ) -> tuple[dict, list[dict]]:
     """Train one config (or reuse its finished run, or its committed `record`); return
     (summary, metrics rows)."""
     out = Path(cfg.train.out_dir)
     summary_path = out / SUMMARY_FILE
-    found = reusable_record(record, cfg) if reuse else None
+    found = reusable_record(record, cfg, same_code) if reuse else None
     if found is not None:
         print(f"   reusing the committed run {record}")
         return {**summarise_run(found["rows"]), **{k: found[k] for k in (
@@ -349,11 +370,12 @@ def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | 
                 out_dir: str | Path = "runs/compare", token_budget: int | None = None,
                 steps: int | None = None, progress: bool = True, baseline: str | None = None,
                 reuse: bool = True, title: str | None = None,
-                record_dir: str | Path | None = None) -> tuple[str, dict, dict]:
+                record_dir: str | Path | None = None, same_code: frozenset[str] = frozenset()
+                ) -> tuple[str, dict, dict]:
     """Train every config for `seeds` seeds (a number, or {config name: number}) at one token
     budget, or for `steps` optimizer steps each when given; write compare.md / .json / .png.
-    `record_dir`: committed run records (module docstring). Returns (markdown report, results,
-    metrics rows)."""
+    `record_dir`: committed run records, `same_code`: older code versions whose records count
+    (module docstring). Returns (markdown report, results, metrics rows)."""
     out = Path(out_dir)
     cfgs = {Path(c).stem: load_config([c], list(overrides)) for c in configs}
     budget = 0 if steps else token_budget or max(c.train.token_budget for c in cfgs.values())
@@ -371,7 +393,7 @@ def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | 
                                               "out_dir": str(run_dir)})
             print(f"== {name} seed {seed}: training for {goal} -> {run_dir}")
             record = Path(record_dir) / name / f"seed{seed}.json" if record_dir else None
-            summary, rows = run_one(run_cfg, progress, reuse, init_cache, record)
+            summary, rows = run_one(run_cfg, progress, reuse, init_cache, record, same_code)
             results[name].append({k: v for k, v in summary.items() if k != "config"})
             curves[name].append(rows)
     report = markdown_report(results, budget, baseline, steps)

@@ -7,12 +7,19 @@ layout of a line leaves it unchanged; any change to what the code computes (and,
 thumb, any change to those modules' code) changes it. A study reuses a committed run only when
 its recorded code version is today's (`ibtpo.compare`), so results of other code never mix in.
 `git_commit()` is recorded beside it for a reader, when the package runs from a git checkout.
+
+A change that leaves every number as it was (a refactor, a new option at a default that computes
+what the code did before) still changes the digest. `benchmarks/equivalence.py` shows such a
+change by running the same probe runs under both versions and comparing every recorded value
+and the final weights bit for bit; when they agree it writes the pair to an equivalence file,
+and `same_code(file)` is the set of versions whose records count as today's.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -65,3 +72,21 @@ def git_commit(root: Path = PACKAGE) -> str | None:
         return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def same_code(equivalence_file: Path | None, version: str | None = None) -> frozenset[str]:
+    """`version` (today's by default) and every version linked to it, directly or through
+    others, by the pairs of `equivalence_file` ({"pairs": [{"old": v1, "new": v2, ...}]})."""
+    version = version or code_version()
+    pairs = []
+    if equivalence_file is not None and Path(equivalence_file).is_file():
+        pairs = json.loads(Path(equivalence_file).read_text()).get("pairs", [])
+    linked, frontier = {version}, [version]
+    while frontier:
+        v = frontier.pop()
+        for p in pairs:
+            for a, b in ((p["old"], p["new"]), (p["new"], p["old"])):
+                if a == v and b not in linked:
+                    linked.add(b)
+                    frontier.append(b)
+    return frozenset(linked)
