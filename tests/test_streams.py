@@ -31,3 +31,14 @@ def test_neighbouring_keys_and_positions_are_not_correlated():
     for a, b in ((uniforms(keys, 0), uniforms(keys + 1, 0)),
                  (uniforms(keys, 0), uniforms(keys, 1))):
         assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.05
+
+
+def test_per_row_positions_equal_the_specification():
+    """A (N,) tensor of positions (rows that joined a batch at different times): row i gets the
+    uniform of (key i, position i), bit for bit, the same as the scalar form."""
+    keys = [0, 2**63 - 1] + [stream_key(5, "p", i) for i in range(30)]
+    positions = [0, 10**6] + [(7 * i) % 97 for i in range(30)]
+    got = uniforms(torch.tensor(keys), torch.tensor(positions)).tolist()
+    assert got == [reference_uniform(k, p) for k, p in zip(keys, positions)]
+    assert got[2:] == [float(uniforms(torch.tensor([k]), p)[0])
+                       for k, p in zip(keys[2:], positions[2:])]

@@ -33,9 +33,14 @@ def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
     return torch.bitwise_right_shift(z, s) & ((1 << (64 - s)) - 1)
 
 
-def uniforms(keys: torch.Tensor, position: int) -> torch.Tensor:
-    """(N,) float64 uniforms in (0, 1) of the streams `keys` (N,) int64 at token `position`."""
-    z = keys + _signed(((position + 1) * _GOLDEN) & _MASK64)  # int64 wraps like uint64
+def uniforms(keys: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+    """(N,) float64 uniforms in (0, 1) of the streams `keys` (N,) int64 at token `position`: one
+    int for every row, or (N,) int64, each row's own (rows that joined a running batch at
+    different times, `ibtpo.rollout.pool`)."""
+    if isinstance(position, torch.Tensor):
+        z = keys + (position.to(torch.int64) + 1) * _signed(_GOLDEN)  # int64 wraps like uint64
+    else:
+        z = keys + _signed(((position + 1) * _GOLDEN) & _MASK64)  # int64 wraps like uint64
     z = (z ^ _shr(z, 30)) * _signed(_C1)
     z = (z ^ _shr(z, 27)) * _signed(_C2)
     z = z ^ _shr(z, 31)

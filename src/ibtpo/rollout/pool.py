@@ -1,0 +1,283 @@
+"""The row pool: continuous batching of the rollout's continuations (ALGORITHM.md §3, issue 16).
+
+`Engine.generate` decodes a fixed list of requests to completion. `RowPool.run` keeps a pool of
+live rows instead: a row leaves the step it stops, `on_finish` hears of it at once, and the rows
+it returns (a tree's next branches) join the running batch at the next decode step while the
+other rows go on decoding. `ibtpo.rollout.scheduler` grows trees on it without a round barrier.
+
+Shape letters: N live rows, T cached positions, W new-token slots, V vocabulary size.
+
+How rows join and leave (the cache is the engine's: `DecodeState` over `PreallocLayer`s):
+- joining rows are prefilled together (`engine.prefill`: left-padded, identical prefixes run
+  once); their cache is then concatenated to the live one along the batch, the shorter of the two
+  left-padded to the longer (a new prefix longer than the cache left-extends the cache). Padded
+  positions are masked, so attention gives them weight exactly 0, and position ids are explicit
+  per row: a row computes what it computes alone, up to the last bits that a different number of
+  keys gives the attention's sums;
+- a stopped row stays in the batch (its tokens ignored) until stopped rows are
+  `engine.drop_fraction` of the rows or rows join (the join's copy drops them for free); a drop
+  also trims the columns that every row left-pads (`trim_left`), so the cache does not grow
+  without bound while rows come and go;
+- at most `engine.batch_size` rows are live; further rows wait in a queue, first in first out;
+- a row's token t is drawn at the uniform of (its key, t) (`ibtpo.rollout.streams`), as in
+  `Engine.generate`, so a row samples the same tokens in whatever batch it runs.
+Only caches of plain full-attention layers (`PreallocLayer`) can be joined; a model with sliding-
+window or other special layers raises and needs `rollout.scheduler=sync`.
+Stats of a run: decode_steps (batched one-token forwards), row_steps (rows summed over them),
+prefills (join forwards), joins (rows that joined while other rows were decoding), max_rows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ibtpo.rollout import engine as eng
+from ibtpo.rollout.engine import DecodeState, PreallocLayer, Sample, SamplingParams
+
+
+@dataclass
+class Row:
+    """One continuation to decode: at most `limit` new tokens after `prefix`."""
+
+    prefix: list[int]
+    limit: int  # >= 0; 0 finishes at once with an empty sample
+    key: int | None  # sampling stream (`ibtpo.rollout.streams`); None only when greedy
+    tag: object = None  # the caller's, handed back with the sample
+
+
+@dataclass
+class Live:
+    """The rows being decoded, their cache and what they generated so far."""
+
+    state: DecodeState  # cache, attention_mask (N, T), next_pos (N,)
+    logits: torch.Tensor  # (N, V) next-token logits
+    last: torch.Tensor  # (N,) the token sampled last (fed at the next decode step)
+    keys: torch.Tensor  # (N,) int64 stream keys
+    done: torch.Tensor  # (N,) new tokens recorded
+    limit: torch.Tensor  # (N,) generation limits
+    stopped: torch.Tensor  # (N,) bool
+    tokens: torch.Tensor  # (N, W)
+    logprobs: torch.Tensor  # (N, W)
+    entropies: torch.Tensor  # (N, W)
+    tags: list
+
+    PER_ROW = ("logits", "last", "keys", "done", "limit", "stopped", "tokens", "logprobs",
+               "entropies")
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the rows `keep` (N',), in the cache too."""
+        self.state.select(keep)
+        for name in self.PER_ROW:
+            setattr(self, name, getattr(self, name)[keep])
+        self.tags = [self.tags[i] for i in keep.tolist()]
+
+    def room(self) -> int:
+        """Cache positions the live rows may still need."""
+        return int((self.limit - self.done).max())
+
+
+# ----------------------------------------------------------------------------- cache surgery
+
+
+def layer_kv(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached keys and values of a layer, (N, H, T, D) each."""
+    if type(layer) is not PreallocLayer:
+        raise ValueError(f"rollout.scheduler: 'continuous' joins rows into full-attention KV "
+                         f"caches only, got a {type(layer).__name__} layer; use "
+                         f"rollout.scheduler=sync for this model")
+    return layer.k_buf[:, :, :layer.length], layer.v_buf[:, :, :layer.length]
+
+
+def set_kv(layer: PreallocLayer, k: torch.Tensor, v: torch.Tensor, room: int) -> None:
+    """Make (N, H, T, D) keys and values the layer's cache, with `room` free positions after."""
+    t = k.shape[2]
+    layer.k_buf, layer.v_buf = F.pad(k, (0, 0, 0, room)), F.pad(v, (0, 0, 0, room))
+    layer.capacity, layer.length = t + room, t
+    layer.keys, layer.values = layer.k_buf[:, :, :t], layer.v_buf[:, :, :t]
+
+
+def join_states(a: DecodeState, b: DecodeState, room: int) -> DecodeState:
+    """`a` with the rows of `b` after its own, the shorter cache left-padded to the longer."""
+    ta, tb = a.attention_mask.shape[1], b.attention_mask.shape[1]
+    t = max(ta, tb)
+    for la, lb in zip(a.cache.layers, b.cache.layers):
+        (ka, va), (kb, vb) = layer_kv(la), layer_kv(lb)
+        assert ka.shape[2] == ta and kb.shape[2] == tb  # the mask covers every cached position
+        k = torch.cat([F.pad(ka, (0, 0, t - ta, 0)), F.pad(kb, (0, 0, t - tb, 0))])  # (N, H, T, D)
+        v = torch.cat([F.pad(va, (0, 0, t - ta, 0)), F.pad(vb, (0, 0, t - tb, 0))])  # (N, H, T, D)
+        set_kv(la, k, v, room)
+    a.attention_mask = torch.cat([F.pad(a.attention_mask, (t - ta, 0)),
+                                  F.pad(b.attention_mask, (t - tb, 0))])  # (N, T)
+    a.next_pos = torch.cat([a.next_pos, b.next_pos])  # (N,)
+    a.rows = torch.arange(len(a.next_pos), device=a.next_pos.device)
+    return a
+
+
+def trim_left(state: DecodeState) -> int:
+    """Drop the leading cache columns that no row attends to; return how many."""
+    cut = int(state.attention_mask.any(0).int().argmax())  # first column some row attends
+    if cut == 0:
+        return 0
+    for layer in state.cache.layers:
+        layer_kv(layer)
+        layer.k_buf, layer.v_buf = layer.k_buf[:, :, cut:], layer.v_buf[:, :, cut:]
+        layer.capacity, layer.length = layer.capacity - cut, layer.length - cut
+        end = layer.length
+        layer.keys, layer.values = layer.k_buf[:, :, :end], layer.v_buf[:, :, :end]
+    state.attention_mask = state.attention_mask[:, cut:]  # (N, T - cut)
+    return cut
+
+
+def pad_slots(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad (N, W) per-token records to `width` slots."""
+    return F.pad(x, (0, width - x.shape[1]))
+
+
+def concat(a: Live, b: Live) -> Live:
+    """The rows of `a` then those of `b`, one cache."""
+    room = max(a.room(), b.room())
+    join_states(a.state, b.state, room)
+    width = max(a.tokens.shape[1], b.tokens.shape[1])
+    for name in Live.PER_ROW:
+        x, y = getattr(a, name), getattr(b, name)
+        if name in ("tokens", "logprobs", "entropies"):
+            x, y = pad_slots(x, width), pad_slots(y, width)
+        setattr(a, name, torch.cat([x, y]))
+    a.tags = a.tags + b.tags
+    return a
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+class RowPool:
+    """Continuous batching over a built-in `Engine` (its model, stop ids, padding, batch size and
+    drop fraction)."""
+
+    def __init__(self, engine):
+        for name in ("model", "stop_ids", "pad_token_id", "batch_size", "drop_fraction"):
+            if not hasattr(engine, name):
+                raise ValueError(f"rollout.scheduler: 'continuous' needs the built-in engine "
+                                 f"(ibtpo.rollout.engine.Engine), got {type(engine).__name__} "
+                                 f"without `{name}`; use rollout.scheduler=sync")
+        self.engine = engine
+        self.stats = dict.fromkeys(("decode_steps", "row_steps", "prefills", "joins",
+                                    "max_rows"), 0)
+
+    def run(self, rows: list[Row], sampling: SamplingParams,
+            on_finish: Callable[[list[tuple[object, Sample]]], list[Row]]) -> dict:
+        """Decode `rows` and every row `on_finish` returns, until none is left; return stats.
+
+        `on_finish(finished)` gets (tag, Sample) of the rows that just stopped and returns the
+        rows to start next (they join at the next decode step)."""
+        sampling.validate()
+        model = self.engine.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                self.loop(rows, sampling, on_finish)
+        finally:
+            model.train(was_training)
+        return dict(self.stats)
+
+    def loop(self, rows, sampling, on_finish) -> None:
+        """Admit, sample, hand back the rows that stopped, retire them, decode one step."""
+        queue, live = deque(), None
+        self.enqueue(queue, rows, sampling, on_finish)
+        while True:
+            live = self.admit(queue, live)
+            if live is None:
+                return
+            ends = self.sample_step(live, sampling)
+            if ends:
+                samples = self.harvest(live, ends)
+                finished = [(live.tags[i], s) for i, s in zip(ends, samples)]
+                self.enqueue(queue, on_finish(finished), sampling, on_finish)
+            live = self.retire(live, joining=bool(queue))
+            if live is not None:
+                self.stats["decode_steps"] += 1
+                self.stats["row_steps"] += len(live)
+                live.logits = eng.extend(self.engine.model, live.state, live.last)
+
+    def enqueue(self, queue: deque, rows: list[Row], sampling, on_finish) -> None:
+        """Queue `rows`; rows with nothing to generate finish at once."""
+        for r in rows:
+            if r.key is None and sampling.temperature > 0:
+                raise ValueError("keys: sampling at temperature > 0 needs one stream key per "
+                                 "row (see ibtpo.rollout.streams), got None")
+        queue.extend(r for r in rows if r.limit > 0)
+        empty = [(r.tag, Sample([], [], [], "length")) for r in rows if r.limit <= 0]
+        if empty:
+            self.enqueue(queue, on_finish(empty), sampling, on_finish)
+
+    def admit(self, queue: deque, live: Live | None) -> Live | None:
+        """Join queued rows while the batch has room (`engine.batch_size`)."""
+        free = self.engine.batch_size - (0 if live is None else len(live))
+        if not queue or free <= 0:
+            return live
+        new = self.start([queue.popleft() for _ in range(min(free, len(queue)))])
+        if live is None:
+            return new
+        self.stats["joins"] += len(new)
+        live = concat(live, new)
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(live))
+        return live
+
+    def start(self, rows: list[Row]) -> Live:
+        """Prefill `rows` into a `Live` of their own."""
+        width = max(r.limit for r in rows)
+        logits, state = eng.prefill(self.engine.model, [r.prefix for r in rows],
+                                    self.engine.pad_token_id, width)  # (n, V)
+        self.stats["prefills"] += 1
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
+        device, n = logits.device, len(rows)
+        zeros = torch.zeros((n, width), device=device)  # (n, W)
+        return Live(state=state, logits=logits,
+                    last=torch.zeros(n, dtype=torch.long, device=device),
+                    keys=torch.tensor([r.key or 0 for r in rows], device=device),  # (n,) int64
+                    done=torch.zeros(n, dtype=torch.long, device=device),
+                    limit=torch.tensor([r.limit for r in rows], device=device),
+                    stopped=torch.zeros(n, dtype=torch.bool, device=device),
+                    tokens=zeros.long(), logprobs=zeros, entropies=zeros.clone(),
+                    tags=[r.tag for r in rows])
+
+    def sample_step(self, live: Live, sampling: SamplingParams) -> list[int]:
+        """Draw every row's next token, record it for the rows still going; return the rows that
+        stop at it."""
+        tok, lp, ent = eng.next_tokens(live.logits, sampling, live.keys, live.done)  # (N,) each
+        going = (~live.stopped).nonzero()[:, 0]
+        at = live.done[going]
+        live.tokens[going, at], live.logprobs[going, at] = tok[going], lp[going]
+        live.entropies[going, at] = ent[going]
+        live.done[going] = at + 1
+        live.last = tok
+        stop_ids = torch.tensor(self.engine.stop_ids, device=tok.device)  # (S,)
+        ends = ~live.stopped & (torch.isin(tok, stop_ids) | (live.done >= live.limit))
+        live.stopped |= ends
+        return ends.nonzero()[:, 0].tolist()
+
+    def harvest(self, live: Live, ends: list[int]) -> list[Sample]:
+        """The samples of the rows `ends` (one host transfer)."""
+        idx = torch.tensor(ends, device=live.done.device)
+        return self.engine.to_samples(live.tokens[idx], live.logprobs[idx], live.entropies[idx],
+                                      live.done[idx].tolist())
+
+    def retire(self, live: Live, joining: bool) -> Live | None:
+        """Drop the stopped rows (and trim the cache) when rows join or enough have stopped;
+        None when no row is left."""
+        n_stopped = int(live.stopped.sum())
+        if n_stopped == len(live):
+            return None
+        if n_stopped and (joining or n_stopped >= self.engine.drop_fraction * len(live)):
+            live.select((~live.stopped).nonzero()[:, 0])
+            trim_left(live.state)
+        return live
