@@ -1,7 +1,9 @@
 """`ibtpo score`: IB-Score diagnostics of a policy's trees, no parameter updated."""
 
 import json
+import math
 
+import pytest
 import torch
 
 from ibtpo.cli import main
@@ -34,3 +36,64 @@ def test_score_leaves_the_checkpoint_unchanged(warm_checkpoint, capsys):
     assert json.loads(capsys.readouterr().out)["prompts"] == 6
     after, _ = load_model(str(warm_checkpoint))
     assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+
+
+# --- ibtpo score --rollouts: rollouts of any framework ------------------------------------------
+def rollout_rows():
+    """2 steps x 2 prompts x 3 completions, with token texts and log-probs. Step 0, prompt a:
+    first steps "x\\n\\n" (log-probs -1, -1: pi_bar = e^-1), "y" (-2: e^-2), "z" (-0.5: e^-0.5)
+    with rewards 1, 0, 0."""
+    rows = []
+    for step in (0, 1):
+        for pid in ("a", "b"):
+            rows += [
+                {"step": step, "prompt_id": pid, "completion": "x\n\nw", "reward": 1.0,
+                 "tokens": ["x", "\n\n", "w"], "logprobs": [-1.0, -1.0, -3.0]},
+                {"step": step, "prompt_id": pid, "completion": "y", "reward": 0.0 if pid == "a"
+                 else 1.0, "tokens": ["y"], "logprobs": [-2.0]},
+                {"step": step, "prompt_id": pid, "completion": "z", "reward": 0.0,
+                 "tokens": ["z"], "logprobs": [-0.5]}]
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_score_rollouts_gives_the_dynamics_table_and_plot(tmp_path):
+    from ibtpo.core.ib_score import ib_diagnostics
+
+    data = write_jsonl(tmp_path / "rollouts.jsonl", rollout_rows())
+    out = tmp_path / "dyn" / "score.json"
+    assert main(["score", "--rollouts", str(data), "--out", str(out), "--no-progress"]) == 0
+    table = json.loads(out.read_text())["dynamics"]
+    assert [row["step"] for row in table] == [0, 1] and table[0]["prompts"] == 2
+    e = math.e
+    a = ib_diagnostics([e ** -1, e ** -2, e ** -0.5], [1, 0, 0], 1 / 3, beta=5.0)
+    b = ib_diagnostics([e ** -1, e ** -2, e ** -0.5], [1, 1, 0], 2 / 3, beta=5.0)
+    for key, name in (("ib", "ib_score_root"), ("cov", "cov_root"), ("tsallis", "tsallis_root")):
+        assert table[0][name] == pytest.approx((a[key] + b[key]) / 2)
+    assert table[0]["eff_rate"] == 1.0 and table[0]["avg_rate"] == pytest.approx(0.5)
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_score_rollouts_without_logprobs_needs_a_model(tmp_path, chat_checkpoint):
+    from ibtpo.diagnostics import read_rollouts, rollout_dynamics
+
+    rows = [{k: v for k, v in r.items() if k not in ("tokens", "logprobs")} | {"prompt": "1+2=?"}
+            for r in rollout_rows()]
+    data = write_jsonl(tmp_path / "plain.jsonl", rows)
+    assert main(["score", "--rollouts", str(data)]) == 2  # names --model
+    with pytest.raises(ValueError, match="--model"):
+        rollout_dynamics(read_rollouts(data), load_config())
+    table = rollout_dynamics(read_rollouts(data), load_config(), str(chat_checkpoint))
+    assert len(table) == 2 and all(math.isfinite(row["ib_score_root"]) for row in table)
+
+
+def test_bad_rollout_rows_name_the_line(tmp_path):
+    from ibtpo.diagnostics import read_rollouts
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt_id": 1, "completion": "x", "reward": 3}])
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: reward: got 3"):
+        read_rollouts(bad)

@@ -106,7 +106,7 @@ def test_accelerate_configs_are_valid_and_not_training_configs():
     found = {p.stem: load_config_from_file(str(p)) for p in ACCELERATE_CONFIGS.glob("*.yaml")}
     assert {k: (c.distributed_type.value, c.num_machines) for k, c in found.items()} == {
         "one_gpu": ("NO", 1), "multi_gpu": ("MULTI_GPU", 1), "multi_node": ("MULTI_GPU", 2),
-        "fsdp": ("FSDP", 1), "cpu": ("MULTI_GPU", 1)}
+        "fsdp": ("FSDP", 1), "fsdp2_bf16": ("FSDP", 1), "cpu": ("MULTI_GPU", 1)}
     assert found["fsdp"].fsdp_config["fsdp_version"] == 2
     with pytest.raises(ConfigError) as err:  # the training-config names are unchanged
         resolve_config_path("fsdp")

@@ -203,7 +203,7 @@ def test_recomputed_old_logprobs_equal_the_training_forward_in_bf16(chat_checkpo
     batch = from_trees(trees, adv, trainer.policy.tokenizer.pad_token_id)
     recomputed = trainer.recompute_old_logprobs(batch)
     trainer.model.train()
-    with torch.no_grad():
+    with torch.no_grad(), trainer.autocast():  # fp32 master weights, bf16 compute
         logprobs, _ = sequence_logprobs(trainer.model, batch.input_ids, batch.attention_mask,
                                         entropy=None)
     mask = batch.response_mask

@@ -13,6 +13,9 @@
   (problems whose greedy completion could not be scored).
 - `by_terms` groups problems by `Problem.n_terms` (built-in task); rows without it (n_terms = 0)
   count in the overall figures only.
+- Benchmarks (``eval.datasets``, e.g. configs/paper_eval.yaml): `run_benchmarks` evaluates every
+  row of each dataset with one model load and prints one table (figures in %), with pass@k (a
+  problem solved by any of its k samples) and the unweighted mean over benchmarks.
 All generation goes through `ibtpo.rollout.engine.Engine.generate`.
 """
 
@@ -23,7 +26,7 @@ import math
 from pathlib import Path
 
 from ibtpo.data import load_task
-from ibtpo.data.rewards import load_reward_fn
+from ibtpo.data.rewards import RewardTransform, load_reward_fn
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.metrics import PASS_KS
 from ibtpo.models import encode_prompt, load_model, prompt_encoder, read_extra, stop_token_ids
@@ -96,16 +99,18 @@ def group_figures(problems, greedy: list, sampled: list | None, k: int) -> dict:
 
 def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: float = 1.0,
              max_new_tokens: int = 64, batch_size: int = 256, seed: int = 0,
-             encode=None) -> dict:
+             encode=None, top_p: float = 1.0, top_k: int = 0) -> dict:
     """Greedy pass@1 and sampled avg@k of `model` on `problems` (see the module docstring).
 
     `encode(text) -> ids` builds the prompts (e.g. `ibtpo.models.prompt_encoder` with the chat
-    template); generation stops at every stop id of the tokenizer and model.
+    template); generation stops at every stop id of the tokenizer and model. The avg@k samples
+    are drawn at `temperature`, `top_p` and `top_k`.
 
     Returns {"pass@1", "avg@k" and "sampled_pass@j" (when k > 0),
     "by_terms": {n: {"pass@1", "avg@k", "count"}},
     "unscorable", "count", "truncated" (share of greedy completions that hit the length limit),
-    "mean_tokens" (mean greedy completion length)}.
+    "mean_tokens" (mean greedy completion length), and "solved" (when k > 0: solved samples of
+    each problem, for pass@k and paired comparisons)}.
     """
     if not problems:
         raise ValueError("evaluate: expected at least one problem, got none")
@@ -118,7 +123,8 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     sampled = None
     if k > 0:
         sampled, _ = generate_and_score(engine, tokenizer, problems, prompt_ids, reward_fn, k,
-                                        max_new_tokens, SamplingParams(temperature=temperature),
+                                        max_new_tokens, SamplingParams(temperature=temperature,
+                                                                       top_p=top_p, top_k=top_k),
                                         seed)
     result = {"pass@1": mean_reward(greedy), "count": len(problems),
               "by_terms": group_figures(problems, greedy, sampled, k),
@@ -128,6 +134,8 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     if sampled is not None:
         result[f"avg@{k}"] = mean_reward(sampled)
         result.update(sampled_pass_at(sampled, k))
+        result["solved"] = [sum(r == 1 for r in sampled[i:i + k])
+                            for i in range(0, len(sampled), k)]
     return result
 
 
@@ -167,9 +175,12 @@ def format_table(result: dict, k: int, title: str):
 
 
 def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
-    """Evaluate a checkpoint (or preset) on cfg.eval.size held-out problems; print, write JSON."""
+    """Evaluate a checkpoint (or preset) on cfg.eval.size held-out problems, or on every
+    benchmark of ``eval.datasets`` (`run_benchmarks`); print, write JSON."""
     from rich.console import Console
 
+    if cfg.eval.datasets:
+        return run_benchmarks(cfg, model_dir, out_json)
     for line in task_mismatch(cfg, model_dir):
         print(f"warning: {line}")
     model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype,
@@ -179,13 +190,98 @@ def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
     check_prompt_lengths(problems, encode, model, cfg.sampling.max_new_tokens,
                          f"task.name={cfg.task.name!r} (held-out)")
     result = evaluate(model, tokenizer, problems,
-                      load_reward_fn(cfg.task.reward, cfg.task.reward_weights), k=cfg.eval.k,
+                      load_reward_fn(cfg.task.reward, cfg.task.reward_weights,
+                                     RewardTransform.of(cfg.task)), k=cfg.eval.k,
                       temperature=cfg.eval.temperature,
                       max_new_tokens=cfg.sampling.max_new_tokens,
-                      batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, encode=encode)
+                      batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, encode=encode,
+                      top_p=cfg.eval.top_p, top_k=cfg.eval.top_k)
     result["model"] = str(model_dir)
     Console().print(format_table(result, cfg.eval.k, f"held-out evaluation of {model_dir}"))
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=2))
     return result
+
+
+# --- benchmarks: eval.datasets, one table --------------------------------------------------------
+def benchmark_sources(entries: list[str]) -> list[tuple[str, str]]:
+    """(name, source) of each ``eval.datasets`` entry 'NAME=SOURCE'; ValueError naming the
+    entry otherwise (or a name used twice)."""
+    out = []
+    for entry in entries:
+        name, sep, source = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not source:
+            raise ValueError(f"eval.datasets: got {entry!r}, expected 'NAME=SOURCE', e.g. "
+                             "'math500=hf:HuggingFaceH4/MATH-500:test' or 'aime24=data/a.jsonl'")
+        out.append((name, source))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"eval.datasets: names must differ, got {', '.join(names)}")
+    return out
+
+
+def benchmark_figures(result: dict, k: int) -> dict:
+    """One benchmark's row: count, greedy pass@1, avg@k, sampled pass@j (j in PASS_KS up to k)
+    and pass@k (a problem solved by any of its k samples)."""
+    row = {key: result[key] for key in ("count", "pass@1", f"avg@{k}", "unscorable",
+                                        "truncated") if key in result}
+    row.update({key: v for key, v in result.items() if key.startswith("sampled_pass@")})
+    if "solved" in result:
+        row[f"pass@{k}"] = sum(c > 0 for c in result["solved"]) / len(result["solved"])
+    return row
+
+
+def run_benchmarks(cfg, model_dir: str, out_json: str | None = None) -> dict:
+    """Greedy pass@1, avg@k and pass@k of a checkpoint on every ``eval.datasets`` benchmark (all
+    of its rows, at most ``eval.size``), one model load, one table; "mean" is the unweighted mean
+    over benchmarks (as papers average them)."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from ibtpo.data.loaders import load_problems
+
+    sources = benchmark_sources(cfg.eval.datasets)
+    model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype,
+                                  trust_remote_code=cfg.model.trust_remote_code)
+    encode = prompt_encoder(tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
+    reward_fn, e = load_reward_fn(cfg.task.reward, cfg.task.reward_weights), cfg.eval
+    rows = {}
+    for name, source in sources:
+        problems = load_problems(replace(cfg.task, name=source))[: e.size]
+        check_prompt_lengths(problems, encode, model, cfg.sampling.max_new_tokens,
+                             f"eval.datasets {name}={source}")
+        rows[name] = benchmark_figures(evaluate(
+            model, tokenizer, problems, reward_fn, k=e.k, temperature=e.temperature,
+            max_new_tokens=cfg.sampling.max_new_tokens, batch_size=e.batch_size, seed=e.seed,
+            encode=encode, top_p=e.top_p, top_k=e.top_k), e.k)
+    result = {"model": str(model_dir), "benchmarks": rows, "mean": mean_row(rows)}
+    Console().print(format_benchmark_table(result, f"benchmarks of {model_dir}"))
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def mean_row(rows: dict) -> dict:
+    """Unweighted mean over benchmarks of each figure every benchmark has (count: summed)."""
+    keys = [key for key in next(iter(rows.values())) if all(key in r for r in rows.values())]
+    out = {key: sum(r[key] for r in rows.values()) / len(rows) for key in keys}
+    out["count"] = sum(r["count"] for r in rows.values())
+    return out
+
+
+def format_benchmark_table(result: dict, title: str):
+    """A rich Table: one row per benchmark and the mean; columns count, pass@1 (greedy), avg@k,
+    pass@k."""
+    from rich.table import Table
+
+    figures = [key for key in result["mean"] if key.startswith(("pass@", "avg@"))]
+    table = Table(title=title)
+    for col in ["benchmark", "count"] + [f"{f} (greedy)" if f == "pass@1" else f
+                                         for f in figures]:
+        table.add_column(col, justify="right")
+    for name, row in [*result["benchmarks"].items(), ("mean", result["mean"])]:
+        table.add_row(name, str(int(row["count"])), *[f"{100 * row[f]:.1f}" for f in figures])
+    return table

@@ -5,7 +5,8 @@ Every source gives rows (dicts). A row becomes a `Problem` through the task conf
   user message), formatted by [`task.prompt_template`] when set: a `str.format` template over the
   row's columns where `{prompt}` is the prompt, e.g. "{prompt}\nPut the answer in \\boxed{{}}.";
 - the reference answer is the column [`task.answer_column`] (text or number, kept as text);
-- column names may be dotted paths into nested fields (`reward_model.ground_truth`);
+- column names may be dotted paths into nested fields (`reward_model.ground_truth`), or
+  alternatives, the first present one used (`problem|question`: benchmarks differ);
 - optional `solution` (the reference response, needed for SFT) and `n_terms` (an integer, for
   per-difficulty evaluation); every other top-level column is kept in `Problem.meta` and passed to
   reward functions as a column.
@@ -72,7 +73,15 @@ class Loaded:
 
 
 def column(row: dict, path: str):
-    """The value at a column name or dotted path ('a.b' = field b of column a); KeyError."""
+    """The value at a column name or dotted path ('a.b' = field b of column a), or at the first
+    of several alternatives the row has ('problem|question'); KeyError."""
+    if "|" in path:
+        for alternative in path.split("|"):
+            try:
+                return column(row, alternative)
+            except KeyError:
+                continue
+        raise KeyError(path)
     value = row
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:

@@ -15,7 +15,11 @@ Device: the rank's own device (`cuda:LOCAL_RANK`, or cpu with gloo when `model.d
 to cpu: a CPU-only machine runs configs/accelerate/cpu.yaml, a MULTI_GPU launch, because
 accelerate spawns several CPU processes itself only through mpirun).
 Mixed precision from the accelerate config patches the model's forward, which the rollout engine
-shares, so sampling and training run the same autocast.
+shares, so sampling and training run the same autocast. Under FSDP2, `mixed_precision: bf16` is
+FSDP's mixed-precision policy: accelerate upcasts the trainable parameters to fp32 before
+sharding (fp32 sharded master weights and AdamW state), gathers and computes in bf16; with a
+16-bit `model.dtype` ibtpo loads the policy in fp32 itself (`training/precision.py`), keeps the
+rollout copy in `model.dtype` and autocasts sampling to it (configs/accelerate/fsdp_bf16.yaml).
 FSDP: the training model is sharded; rollouts and evaluation run on a full, unsharded copy that
 is refreshed after every optimizer step (`separate_rollout_model`). Written for accelerate's FSDP,
 which needs GPUs; it has not run here (no GPU).
@@ -43,11 +47,11 @@ COLLECTIVE_TIMEOUT_S = 4 * 3600
 REDUCTIONS = {
     **dict.fromkeys(["rollout/generated_tokens", "rollout/num_trajectories", "rollout/unscorable",
                      "rollout/branches", "rollout/prompts", "rollout/reward_errors",
-                     "train/batch_tokens", "train/trajectory_tokens"], "sum"),
-    **dict.fromkeys(["tree/depth_max", "rollout/rounds", "train/grad_norm", "train/skipped"],
-                    "max"),
-    **dict.fromkeys(["rollout/reward_mean", "rollout/response_len_mean", "tree/depth_mean"],
-                    "traj"),
+                     "train/batch_tokens", "train/trajectory_tokens", "rollout/joins"], "sum"),
+    **dict.fromkeys(["tree/depth_max", "rollout/rounds", "train/grad_norm", "train/skipped",
+                     "rollout/decode_steps"], "max"),
+    **dict.fromkeys(["rollout/reward_mean", "rollout/response_len_mean", "tree/depth_mean",
+                     "rollout/clipped_ratio"], "traj"),
 }
 
 
@@ -155,13 +159,15 @@ class Dist:
         set_optimizer_state_dict(model, optimizer.optimizer, state,
                                  options=StateDictOptions(full_state_dict=True))
 
-    def separate_rollout_model(self, policy) -> None:
+    def separate_rollout_model(self, policy, dtype: torch.dtype | None = None) -> None:
         """Under FSDP the training model is sharded: give the policy (rollouts, evaluation) a full
-        copy of its own (before `prepare`). Nothing to do otherwise."""
+        copy of its own (before `prepare`), stored in `dtype` when given (the 16-bit copy of fp32
+        master weights: `training/precision.py`). Nothing to do otherwise."""
         if self.fsdp:
             import copy
 
-            policy.model = policy.engine.model = copy.deepcopy(policy.model)
+            copied = copy.deepcopy(policy.model)
+            policy.model = policy.engine.model = copied if dtype is None else copied.to(dtype)
 
     def refresh_rollout_model(self, model, policy) -> None:
         """After an optimizer step under FSDP: copy the new full weights into the rollout model."""

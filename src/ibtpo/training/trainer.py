@@ -21,6 +21,8 @@ killed run resumes bit for bit.
 Under ``accelerate launch`` each rank grows the trees of its share of the step's prompts and the
 gradients, loss denominators, token counts and metrics are global (``training/distributed.py``).
 Faults (non-finite steps, raising reward functions, SIGINT/SIGTERM): ``training/faults.py``.
+Precision (fp32 master weights and 16-bit autocast for a 16-bit ``model.dtype``, or pure 16-bit
+parameters with ``train.master_weights = false``): ``training/precision.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from ibtpo.training.distributed import Dist
 from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
+from ibtpo.training.precision import frozen_copy_dtype, resolve_precision
 from ibtpo.training.reference import set_step_logprobs
 
 
@@ -69,19 +72,16 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         found = self.find_resume_checkpoint(resume)
-        self.policy = Policy(config_with(cfg, model={"device": str(self.dist.device)}),
-                             cfg.train.init, reward_funcs)
-        self.policy.reward_fn = GuardedReward(self.policy.reward_fn, cfg.task.reward_errors,
-                                              cfg.task.reward)
-        if cfg.lora.r > 0:
-            self.policy.replace_model(add_adapters(self.policy.model, cfg.lora))
+        self.precision = resolve_precision(cfg)
+        self.policy = self.build_policy(reward_funcs)
         self.model = self.policy.model
         self.init_fingerprint = fingerprint(self.model)  # train.init as loaded
         needs_ref = cfg.loss.beta_kl > 0 or (cfg.advantage.estimator == "ibtpo"
                                              and cfg.advantage.ib_prob == "ref")
-        self.ref_model = _reference(self.model) if needs_ref else None
+        self.ref_model = (frozen_copy_dtype(_reference(self.model), self.precision)
+                          if needs_ref else None)
         state = self.load_weights(found) if found else None
-        self.dist.separate_rollout_model(self.policy)
+        self.dist.separate_rollout_model(self.policy, self.precision.frozen_dtype)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
@@ -108,6 +108,20 @@ class Trainer:
         if state is not None:
             self.load_state_dict(state, found)
         self.logger = self.open_logger()
+
+    def build_policy(self, reward_funcs) -> Policy:
+        """The policy of ``train.init`` on this rank's device, in the run's precision (fp32
+        master weights for a 16-bit ``model.dtype``: ``training/precision.py``), its reward
+        guarded (``training/faults.py``), with LoRA adapters when ``lora.r > 0``."""
+        cfg = self.cfg
+        policy = Policy(config_with(cfg, model={"device": str(self.dist.device),
+                                                "dtype": self.precision.param_dtype}),
+                        cfg.train.init, reward_funcs)
+        policy.autocast_dtype = self.precision.rollout_dtype
+        policy.reward_fn = GuardedReward(policy.reward_fn, cfg.task.reward_errors, cfg.task.reward)
+        if cfg.lora.r > 0:
+            policy.replace_model(add_adapters(policy.model, cfg.lora))
+        return policy
 
     # --- one step -------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -236,9 +250,11 @@ class Trainer:
         return out
 
     def autocast(self):
-        """bf16 autocast of the training forwards when ``train.autocast = bf16``."""
-        return torch.autocast(self.policy.device.type, dtype=torch.bfloat16,
-                              enabled=self.cfg.train.autocast == "bf16")
+        """Autocast of the training forwards: to ``model.dtype`` with fp32 master weights, to
+        bf16 when ``train.autocast = bf16``, else off (``training/precision.py``)."""
+        dtype = self.precision.compute_dtype
+        return torch.autocast(self.policy.device.type, dtype=dtype or torch.bfloat16,
+                              enabled=dtype is not None)
 
     def update(self, batches: list) -> dict:
         """``train.num_iterations`` passes over the step's mini-batches, one optimizer step per
