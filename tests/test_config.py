@@ -122,3 +122,87 @@ def test_config_dump_roundtrips(tmp_path, capsys):
     assert cfg.train.steps == 3 and cfg.rollout.scorer == "independent"
     assert cfg == load_config([resolve_config_path("grpo")], ["train.steps=3"])
     assert isinstance(cfg, Config)
+
+
+def test_yaml_exponent_floats_are_floats(tmp_path):
+    # YAML 1.1 (PyYAML's default) reads 1e-6 (no dot) and 1.0e6 (no exponent sign) as text
+    f = tmp_path / "paper.yaml"
+    f.write_text("train:\n  lr: 1e-6\nsft: {lr: 3E-4}\nloss: {beta_kl: 1.0e3}\n"
+                 "task: {reward: 'arithmetic,numeric', reward_weights: [2e0, 1e0]}\n")
+    cfg = load_config([f])
+    assert cfg.train.lr == 1e-6 and cfg.sft.lr == 3e-4 and cfg.loss.beta_kl == 1000.0
+    assert cfg.task.reward_weights == [2.0, 1.0]
+    assert load_config(overrides=["train.lr=1e-6"]).train.lr == 1e-6
+    # text fields keep text; what was a string stays a string
+    assert load_config(overrides=["train.out_dir=1e5"]).train.out_dir == "1e5"
+
+
+def test_a_missing_config_path_is_an_error_not_the_builtin(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"mydir/grpo.yaml: no such file"):
+        resolve_config_path("mydir/grpo.yaml")
+    assert main(["config", "--config", "mydir/grpo.yaml"]) == 2
+    assert "mydir/grpo.yaml: no such file" in capsys.readouterr().err
+    # bare names still resolve to the built-ins, and an existing file wins over a built-in
+    assert resolve_config_path("grpo").parent.name == "configs"
+    assert resolve_config_path("grpo.yaml").parent.name == "configs"
+    (tmp_path / "grpo.yaml").write_text("train: {steps: 3}\n")
+    assert resolve_config_path("grpo.yaml") == tmp_path.joinpath("grpo.yaml").relative_to(tmp_path)
+
+
+@pytest.mark.parametrize("setting, hint", [
+    ("loss.beta=0.04", "loss.beta_kl"),  # TRL's beta is the KL weight, not advantage.beta
+    ("train.beta=0.04", "loss.beta_kl"),
+    ("loss.kl_coef=0.04", "loss.beta_kl"),
+    ("train.num_generations=8", "rollout.b0"),
+    ("train.max_completion_length=64", "sampling.max_new_tokens"),
+    ("train.max_new_tokens=64", "sampling.max_new_tokens"),  # right field, wrong section
+    ("rollout.scorrer=ib", "rollout.scorer"),
+    ("loss.epsilon_high=0.28", "loss.eps_high"),
+    ("train.steps_per_generation=4", "train.mini_batches"),
+    ("trainer.lr=1e-4", "'train'"),  # a section
+])
+def test_unknown_keys_get_a_did_you_mean(setting, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[setting])
+    (problem,) = err.value.problems
+    assert hint in problem, problem
+    assert "advantage.beta is IB-TPO's" in problem or "beta" not in setting.split("=")[0]
+
+
+def test_a_flat_trl_style_file_names_the_ibtpo_fields(tmp_path):
+    f = tmp_path / "trl.yaml"
+    f.write_text("beta: 0.04\nnum_generations: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([f])
+    text = str(err.value)
+    assert "unknown section 'beta'" in text and "loss.beta_kl" in text
+    assert "unknown section 'num_generations'" in text and "rollout.b0" in text
+
+
+def test_config_listing_shows_choices(capsys):
+    assert main(["config"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "[one of: ib | entropy | random | width | independent]" in rows["rollout.scorer"]
+    assert "[one of: float32 | bfloat16 | float16]" in rows["model.dtype"]
+    assert "[one of: seq-mean-token-mean | token-mean" in rows["loss.agg_mode"]
+
+
+def test_new_reward_fields_default_to_the_old_behaviour_and_are_checked():
+    cfg = load_config()
+    assert (cfg.task.reward_transform, cfg.task.reward_range) == ("none", [0.0, 1.0])
+    with pytest.raises(ConfigError, match="task.reward_range"):
+        load_config(overrides=["task.reward_range=[1, -1]"])
+
+
+def test_the_trl_verl_page_names_only_real_fields():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "FROM_TRL_VERL.md").read_text()
+    fields = {name for name, _, _ in describe()}
+    sections = {name.split(".")[0] for name in fields}
+    named = {m for m in re.findall(r"`([a-z_]+\.[a-z_0-9]+)", page) if m.split(".")[0] in sections}
+    assert {"loss.beta_kl", "advantage.beta", "rollout.b0", "sampling.max_new_tokens",
+            "train.mini_batches"} <= named
+    assert named <= fields, named - fields

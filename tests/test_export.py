@@ -45,3 +45,23 @@ def test_a_gguf_file_loads_through_transformers_and_exports(gguf_checkpoint, cha
     assert "quantization_config" not in plain.config.to_dict()
     with torch.no_grad():
         assert torch.equal(plain(ids).logits, model(ids).logits)
+
+
+def test_export_takes_a_run_directory_to_its_newest_checkpoint(chat_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from ibtpo.training.checkpoint import write_checkpoint
+
+    run = tmp_path / "run"  # as `ibtpo train` leaves it: checkpoints/step-N and `latest`
+    for step in (1, 2):
+        write_checkpoint(run, step, lambda d: shutil.copytree(chat_checkpoint, d,
+                                                              dirs_exist_ok=True), keep=3)
+    for given in (run, run / "checkpoints"):
+        assert main(["export", "--model", str(given), "--out", str(tmp_path / "e")]) == 0
+        assert f"{run / 'checkpoints' / 'step-00000002'} ->" in capsys.readouterr().out
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "e", local_files_only=True)
+    assert plain.config.hidden_size == 64
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    assert main(["export", "--model", str(empty), "--out", str(tmp_path / "f")]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err

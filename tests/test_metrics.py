@@ -147,3 +147,14 @@ def test_metric_docs_markdown_and_the_docs_page_agree():
     assert md[2].startswith("| `rollout/") and md[-1].startswith("| `sft/")  # grouped
     page = Path(__file__).resolve().parents[1] / "docs" / "METRICS.md"
     assert page.read_text() == metrics_page(), "docs/METRICS.md is out of date"
+
+
+def test_clipped_ratio_counts_responses_cut_at_the_length_limit():
+    # T1's three leaves: one stopped at the limit; T2's two: one; hand_trees' leaves carry no
+    # stop reason (None: not cut) -> 2 of 5 trajectories cut
+    trees = hand_trees()
+    trees[0].leaves()[0].stop_reason = "length"
+    trees[0].leaves()[1].stop_reason = "eos"
+    trees[1].leaves()[1].stop_reason = "length"
+    assert tree_metrics(trees, beta=5.0)["rollout/clipped_ratio"] == 2 / 5
+    assert tree_metrics(hand_trees(), beta=5.0)["rollout/clipped_ratio"] == 0.0

@@ -7,7 +7,16 @@ import threading
 
 import pytest
 
-from ibtpo.data.rewards import REWARDS, RewardSet, get_reward_fn, load_reward_fn
+from ibtpo.data.rewards import (
+    REWARDS,
+    RewardRangeError,
+    RewardSet,
+    RewardTransform,
+    get_reward_fn,
+    load_reward_fn,
+    reward_set_of,
+)
+from ibtpo.training.faults import GuardedReward
 
 
 def test_registry_names_and_bad_name():
@@ -132,3 +141,55 @@ def test_weighted_rewards_and_none_counts():
     assert only_none(prompts=["q"] * 3, completions=["a"] * 3) == [1.0 * 0.5, None, None]
     assert load_reward_fn("numeric,gsm8k", [1.0, 1.0])(
         prompts=["q"], completions=["it is 5"], answer=["#### 5"]) == [0.5]  # numeric: None
+
+
+def trl_format(prompts, completions, **kw):  # TRL-style: -1 for a bad format, else 1
+    return [1.0 if "answer:" in c else -1.0 for c in completions]
+
+
+def test_a_reward_outside_0_1_names_the_function_and_the_value():
+    rewards = reward_set_of(trl_format)
+    with pytest.raises(RewardRangeError, match=r"reward 'trl_format' returned -1.0 for "
+                                               r"completion 'no answer'.*\[0, 1\]"):
+        rewards(prompts=["q", "q"], completions=["answer: 1", "no answer"])
+    both = reward_set_of([get_reward_fn("numeric"), trl_format])  # the mean could hide it
+    with pytest.raises(RewardRangeError, match="trl_format"):
+        both(prompts=["q"], completions=["7"], answer=["7"])
+    for bad in (float("nan"), float("inf"), "high"):
+        with pytest.raises(RewardRangeError, match="expected a (finite )?float"):
+            reward_set_of(lambda prompts, completions, **kw: [bad])(prompts=["q"],
+                                                                    completions=["c"])
+
+
+def test_an_out_of_range_reward_stops_even_a_guarded_run():
+    # a raising reward function is retried item by item and scored None: a reward out of range
+    # is a defect of the function, so it goes through
+    for on_error in ("unscorable", "stop"):
+        guarded = GuardedReward(reward_set_of(trl_format), on_error, "trl_format")
+        with pytest.raises(RewardRangeError):
+            guarded(["q"], ["no answer"])
+
+
+def test_threshold_and_rescale_map_other_scales_into_0_1():
+    completions = ["answer: 1", "no answer"]
+    threshold = reward_set_of(trl_format, transform=RewardTransform("threshold", threshold=0.0))
+    assert threshold(prompts=["q"] * 2, completions=completions) == [1.0, 0.0]
+    rescale = reward_set_of(trl_format, transform=RewardTransform("rescale", low=-1.0, high=1.0))
+    assert rescale(prompts=["q"] * 2, completions=completions) == [1.0, 0.0]
+    # the transform applies to the weighted mean: (1 + -1) / 2 = 0 -> (0 - -1) / 2 = 0.5
+    mixed = reward_set_of([trl_format, lambda prompts, completions, **kw: [1.0] * 2],
+                          transform=RewardTransform("rescale", low=-1.0, high=1.0))
+    assert mixed(prompts=["q"] * 2, completions=completions) == [1.0, 0.5]
+    narrow = reward_set_of(trl_format, transform=RewardTransform("rescale", low=0.0, high=1.0))
+    with pytest.raises(RewardRangeError, match=r"task.reward_range = \[0.0, 1.0\]"):
+        narrow(prompts=["q"], completions=["no answer"])
+    with pytest.raises(ValueError, match="low < high"):
+        RewardTransform("rescale", low=1.0, high=1.0)
+
+
+def test_the_default_passes_rewards_through_unchanged():
+    values = [0.0, 1.0, 0.25, None, 1]
+    same = reward_set_of(lambda prompts, completions, **kw: values)
+    got = same(prompts=["q"] * 5, completions=["c"] * 5)
+    assert got == [0.0, 1.0, 0.25, None, 1.0]
+    assert all(type(r) is float for r in got if r is not None)

@@ -2,21 +2,45 @@
 
 Every command takes ``--config FILE`` (repeatable; a file path or a built-in name such as
 ``ibtpo`` or ``grpo``) and ``--set section.key=value`` (repeatable). Bad configs and bad inputs
-print one message listing every problem and exit with status 2, without a traceback.
+print one message listing every problem and exit with status 2, without a traceback; ``--debug``
+(or ``IBTPO_DEBUG=1``) prints the traceback too, to tell an internal error from bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
-from ibtpo.config import Config, ConfigError, describe, load_config, resolve_config_path
+from ibtpo import __version__
+from ibtpo.config import (
+    Config,
+    ConfigError,
+    builtin_config_names,
+    describe,
+    describe_valid,
+    load_config,
+    resolve_config_path,
+)
+
+DESCRIPTION = ("ibtpo: IB-TPO (information-bottleneck tree-based policy optimization), GRPO and "
+               "tree baselines for RL on LLM reasoning; train, evaluate, compare at equal "
+               "generated tokens, and measure the IB-Score.")
+DEBUG_ENV = "IBTPO_DEBUG"
 
 
 def _config(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     paths = [resolve_config_path(c) for c in args.config]
     return load_config(paths, list(extra) + list(args.set))
+
+
+def _progress(args: argparse.Namespace) -> bool | str:
+    """A live bar on a terminal (plain lines elsewhere), or plain lines with --no-progress."""
+    return "lines" if args.no_progress else True
 
 
 def cmd_sft(args):
@@ -27,7 +51,7 @@ def cmd_sft(args):
     from ibtpo.models import describe_fingerprint
     from ibtpo.training.sft import run_sft
 
-    final = run_sft(cfg, progress=not args.no_progress)
+    final = run_sft(cfg, progress=_progress(args))
     Console().print(format_table(final, cfg.eval.k, f"warm-up: {final['steps']} steps in "
                                  f"{final['train_seconds']:.0f} s -> {cfg.sft.out_dir}"))
     print(f"fingerprint: {describe_fingerprint(final['fingerprint'])}")
@@ -44,30 +68,64 @@ def cmd_train(args):
     cfg = _config(args)
     from ibtpo.training.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
-    trainer.train()
+    check_init(cfg)
+    start = time.monotonic()
+    trainer = Trainer(cfg, resume=args.resume, progress=_progress(args))
+    last = trainer.train()
     if trainer.stop.signum is not None:  # SIGINT / SIGTERM: checkpoint written, exit 128 + n
         if trainer.dist.is_main:
             print(f"ibtpo train: stopped at step {trainer.step} by signal {trainer.stop.signum}; "
                   f"checkpoint in {cfg.train.out_dir}/checkpoints; continue with --resume",
                   file=sys.stderr)
         return 128 + trainer.stop.signum
+    if trainer.dist.is_main:
+        print(train_summary(trainer, last, time.monotonic() - start))
+
+
+def check_init(cfg: Config) -> None:
+    """A clear error when ``train.init`` is the warm-up checkpoint and it was never made."""
+    init = cfg.train.init
+    if init in (cfg.sft.out_dir, "runs/sft") and not Path(init).exists():
+        raise ValueError(f"train.init={init!r}: no such checkpoint. It is the warm-up checkpoint "
+                         f"that `ibtpo sft` writes (to sft.out_dir): run `ibtpo sft` first, or set "
+                         "train.init to a model directory, a .gguf file or a preset (nano, mini, "
+                         "tiny)")
+
+
+def train_summary(trainer, last: dict, seconds: float) -> str:
+    """One line on a finished run: steps, tokens, time, final evaluation, where things are."""
+    from ibtpo.training.checkpoint import latest_checkpoint
+
+    out = trainer.cfg.train.out_dir
+    minutes, secs = divmod(int(seconds), 60)
+    parts = [f"ibtpo train: done: {trainer.step} steps, {trainer.generated_tokens:,} generated "
+             f"tokens in {minutes} min {secs:02d} s"]
+    if "eval/pass@1" in last:
+        parts.append(f"held-out pass@1 {last['eval/pass@1']:.3f}, avg@k {last['eval/avg@k']:.3f}")
+    parts.append(f"checkpoint {latest_checkpoint(out)}; metrics {Path(out) / 'metrics.jsonl'}")
+    return "; ".join(parts)
 
 
 def cmd_score(args):
     cfg = _config(args)
-    from ibtpo.diagnostics import run_score
+    from ibtpo.diagnostics import run_score, run_score_rollouts
 
-    result = run_score(cfg, args.model, out_json=args.out, progress=not args.no_progress)
+    if args.rollouts:  # another framework's rollouts: the dynamics table and plot
+        run_score_rollouts(cfg, args.rollouts, args.model, out_json=args.out)
+        return
+    if not args.model:
+        raise ValueError("--model is required (or --rollouts FILE: rollouts of any framework)")
+    result = run_score(cfg, args.model, out_json=args.out, progress=_progress(args))
     print(json.dumps(result, indent=2))
 
 
 def cmd_export(args):
     cfg = _config(args)
-    from ibtpo.export import run_export
+    from ibtpo.export import checkpoint_of, run_export
 
-    out = run_export(args.model, args.out, cfg.model.dtype)
-    print(f"exported {args.model} -> {out} (plain Hugging Face checkpoint)")
+    source = checkpoint_of(args.model)  # a run directory: its newest checkpoint
+    out = run_export(source, args.out, cfg.model.dtype)
+    print(f"exported {source} -> {out} (plain Hugging Face checkpoint)")
 
 
 def cmd_compare(args):
@@ -75,14 +133,14 @@ def cmd_compare(args):
     from ibtpo.compare import run_compare
 
     run_compare(configs, overrides=args.set, seeds=args.seeds, out_dir=args.out,
-                token_budget=args.token_budget, steps=args.steps, progress=not args.no_progress,
+                token_budget=args.token_budget, steps=args.steps, progress=_progress(args),
                 baseline=args.baseline, reuse=not args.no_reuse)
 
 
 def cmd_demo(args):
     from ibtpo.compare import run_demo
 
-    run_demo(out_dir=args.out, overrides=args.set, progress=not args.no_progress)
+    run_demo(out_dir=args.out, overrides=args.set, progress=_progress(args))
 
 
 def cmd_config(args):
@@ -91,21 +149,36 @@ def cmd_config(args):
 
         print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
         return
+    valid = describe_valid()
     for name, default, help_text in describe():
-        print(f"{name:34s} {default!r:22s} {help_text}")
+        choices = f" [{valid[name]}]" if valid[name].startswith("one of") else ""
+        print(f"{name:34s} {default!r:22s} {help_text}{choices}")
 
 
 def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
     if config:
         p.add_argument("--config", action="append", default=[], metavar="FILE",
-                       help="YAML config file or built-in name (repeatable; later wins)")
+                       help="YAML config file or built-in name (repeatable; later wins); "
+                            f"built-in: {', '.join(builtin_config_names())}")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="one plain line per step instead of a live progress bar (the default "
+                        "when the output is not a terminal)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help=f"print the traceback of an error too (or {DEBUG_ENV}=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ibtpo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ibtpo", description=DESCRIPTION, epilog=(
+            f"built-in configs (--config NAME): {', '.join(builtin_config_names())}. "
+            "`ibtpo config` lists every field with its default, meaning and choices. Errors print "
+            f"one line and exit with status 2; --debug (or {DEBUG_ENV}=1) adds the traceback. "
+            "Coming from TRL or verl: docs/FROM_TRL_VERL.md."))
+    parser.add_argument("--version", action="version", version=f"ibtpo {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"print the traceback of an error too (or {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sft", help="supervised warm-up on task solutions")
     _common(p)
@@ -119,13 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
                              ("score", cmd_score, "IB-Score diagnostics of a policy's trees")):
         p = sub.add_parser(name, help=text)
         _common(p)
-        p.add_argument("--model", required=True, help="checkpoint directory or preset")
+        p.add_argument("--model", required=name == "eval", help="checkpoint directory or preset")
         p.add_argument("--out", default=None, help="write the results as JSON here")
+        if name == "score":
+            p.add_argument("--rollouts", default=None, metavar="FILE",
+                           help="JSONL of rollouts from any framework (prompt_id, completion, "
+                                "reward, optional step, tokens, logprobs): the IB-Score dynamics "
+                                "per step, a table, --out JSON and its .png plot; --model "
+                                "recomputes missing log-probs")
         p.set_defaults(func=func)
     p = sub.add_parser("export", help="a policy as a plain HF checkpoint (LoRA merged)")
     _common(p)
     p.add_argument("--model", required=True,
-                   help="checkpoint, LoRA checkpoint, .gguf file or preset to export")
+                   help="checkpoint, run directory (its newest checkpoint), LoRA checkpoint, "
+                        ".gguf file or preset to export")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("compare", help="run configs at the same generated-token budget (or the "
@@ -179,6 +259,20 @@ def _pin_kernels(args: argparse.Namespace) -> None:
     kernels.pin(cfg.model.kernels)
 
 
+def debug_on(args: argparse.Namespace) -> bool:
+    """--debug, or the environment variable IBTPO_DEBUG set to anything but '' or '0'."""
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Print the error's one-line `message` (after its traceback under --debug); return `code`.
+    Call it while the exception is being handled."""
+    if debug_on(args):
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _pin_kernels(args)
@@ -189,17 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except ConfigError as err:
-        print(f"ibtpo {args.command}: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, f"ibtpo {args.command}: {err}", 2)
     except (ValueError, OSError, ImportError) as err:  # bad input: a file, a path, a package
-        print(f"ibtpo {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, f"ibtpo {args.command}: error: {err}", 2)
     except TrainingError as err:
-        print(f"ibtpo {args.command}: {err}", file=sys.stderr)
-        return 1
+        return _fail(args, f"ibtpo {args.command}: {err}", 1)
     except KeyboardInterrupt:
-        print(f"ibtpo {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, f"ibtpo {args.command}: interrupted", 130)
     return code or 0
 
 

@@ -9,6 +9,8 @@ out-of-range value) is collected and raised together as one :class:`ConfigError`
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +31,44 @@ class ConfigError(ValueError):
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading also the floats that YAML 1.2 reads as floats and YAML 1.1
+    as text: an exponent without a dot or without a sign (``1e-6``, ``3E5``, ``1.0e6``)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """``text`` read as YAML with :class:`YamlLoader` (safe: plain data only)."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
+def builtin_config_names() -> list[str]:
+    """The names of the built-in configs (``ibtpo``, ``grpo``, ...), sorted."""
+    return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
 def resolve_config_path(name: str) -> Path:
-    """A file path, or the name of a built-in config (``ibtpo`` -> the packaged ibtpo.yaml)."""
+    """A file path, or the name of a built-in config (``ibtpo`` -> the packaged ibtpo.yaml).
+
+    Only a bare name (``grpo`` or ``grpo.yaml``, no directory) falls back to a built-in: a path
+    with a directory (``mydir/grpo.yaml``) that does not exist is an error, never the built-in of
+    the same name."""
     path = Path(name)
     if path.is_file():
         return path
+    known = ", ".join(builtin_config_names())
     builtin = BUILTIN_CONFIGS / f"{path.stem}.yaml"
-    if path.suffix in ("", ".yaml") and builtin.is_file() and len(path.parts) <= 2:
+    bare = len(path.parts) == 1 and path.suffix in ("", ".yaml")
+    if bare and builtin.is_file():
         return builtin
-    known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
+    if not bare:
+        raise ConfigError([f"--config {name}: no such file ({path.resolve()}); a built-in "
+                           f"config is named without a directory ({known})"])
     raise ConfigError([f"--config {name}: no such file, nor a built-in config ({known})"])
 
 
@@ -68,8 +99,9 @@ class TaskConfig:
                        min=1)
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
     prompt_column: str = F("prompt", "dataset column of the prompt (a.b = field b of column a; "
-                           "a list of chat messages gives its last user message)")
-    answer_column: str = F("answer", "dataset column of the reference answer (a.b as above)")
+                           "a list of chat messages gives its last user message; a|b = the "
+                           "first of a, b that the row has)")
+    answer_column: str = F("answer", "dataset column of the reference answer (a.b, a|b as above)")
     subset: str = F("", "Hugging Face dataset configuration, e.g. 'main' for openai/gsm8k")
     prompt_template: str = F("", "datasets: str.format template of the prompt over the row's "
                              "columns, {prompt} = the prompt column ('' = the prompt as it is)")
@@ -85,6 +117,17 @@ class TaskConfig:
     reward_errors: str = F("unscorable", "a reward function that raises: 'unscorable' (log the "
                            "prompt and error, score the trajectory None) or 'stop' (end the run)",
                            choices=("unscorable", "stop"))
+    reward_transform: str = F("none", "rewards on another scale than [0, 1] (IB-TPO reads a "
+                              "reward as a success probability): 'none' (each function's reward "
+                              "must lie in [0, 1]; any other value stops the run at its first "
+                              "scoring, naming the function), 'threshold' (reward >= "
+                              "reward_threshold -> 1, else 0: a binary success, the paper's "
+                              "setting) or 'rescale' ((reward - low) / (high - low), [low, high] "
+                              "= reward_range); applied to the weighted mean of the functions",
+                              choices=("none", "threshold", "rescale"))
+    reward_threshold: float = F(0.5, "reward_transform=threshold: a reward >= this is a success")
+    reward_range: list[float] = F([0.0, 1.0], "reward_transform=rescale: [low, high] of the "
+                                  "reward (a reward outside stops the run)")
 
 
 @dataclass
@@ -155,6 +198,11 @@ class RolloutConfig:
     prob_norm: str = F("mean", "step probability pi_bar: mean | sum | sibling (ALGORITHM.md §1)",
                        choices=("mean", "sum", "sibling"))
     token_budget: int = F(0, "max generated tokens per prompt per step (0 = no limit)", min=0)
+    scheduler: str = F("sync", "how trees share the engine: 'sync' = one batch per round, every "
+                       "tree waits for the round's longest branch; 'continuous' = no round "
+                       "barrier, a tree's next branches join the running batch as soon as its "
+                       "round is done (same trees; ibtpo.rollout.scheduler)",
+                       choices=("sync", "continuous"))
 
 
 @dataclass
@@ -215,6 +263,13 @@ class TrainConfig:
                       "bf16 is ~2x faster on the `tiny` preset but moves the first-pass importance "
                       "ratio off 1 by ~1e-3 (old log-probs come from the fp32 rollout)",
                       choices=("off", "bf16"))
+    master_weights: bool = F(True, "with a 16-bit model.dtype (bfloat16, float16) and full "
+                             "fine-tuning (lora.r = 0): keep fp32 master weights and AdamW state "
+                             "(16 bytes/parameter) and run every forward (rollout, training, "
+                             "reference) under autocast to model.dtype; false = pure 16-bit "
+                             "parameters (half the memory, but updates below the 16-bit spacing "
+                             "round away: at lr 1e-6 most bf16 weights never move; warns). No "
+                             "effect with float32 or LoRA (training/precision.py)")
     compile: bool = F(False, "torch.compile the training forward/backward (dynamic shapes): "
                       "~2x faster per update on the `tiny` preset after a one-off compile of about "
                       "a minute on 2 CPU cores; worth it for long runs")
@@ -254,6 +309,13 @@ class EvalConfig:
     temperature: float = F(1.0, "temperature of the avg@k samples", min=0.0, min_exclusive=True)
     batch_size: int = F(256, "sequences generated together", min=1)
     seed: int = F(0, "seed of the avg@k samples", min=0)
+    top_p: float = F(1.0, "nucleus mass of the avg@k samples, in (0, 1] (1 = off)", min=0.0,
+                     max=1.0, min_exclusive=True)
+    top_k: int = F(0, "top-k of the avg@k samples (0 = off)", min=0)
+    datasets: list[str] = F([], "benchmarks for `ibtpo eval`, each 'NAME=SOURCE' (SOURCE as "
+                            "task.name: a .jsonl/.parquet file or hf:NAME_OR_DIR[:SPLIT]; every "
+                            "row is evaluated, the task.* columns, template and reward apply); "
+                            "empty = task.name's held-out split")
 
 
 @dataclass
@@ -309,6 +371,66 @@ def _section_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
 
 
+_G = ("G, the trajectories per prompt: rollout.b0 with rollout.scorer=independent (GRPO); a tree "
+      "has G = rollout.b0 + (rollout.rounds - 1) * rollout.k * rollout.bn (12 in the ibtpo config)")
+_KL = ("loss.beta_kl, the KL weight (TRL's beta); advantage.beta is IB-TPO's information "
+       "trade-off, not a KL weight")
+# Keys of TRL's GRPOConfig and verl's configs -> what ibtpo calls them (docs/FROM_TRL_VERL.md).
+FOREIGN_KEYS: dict[str, str] = {
+    "beta": _KL, "kl_coef": _KL, "kl_loss_coef": _KL, "init_kl_coef": _KL,
+    "num_generations": _G, "n": _G, "rollout_n": _G, "group_size": _G,
+    "max_completion_length": "sampling.max_new_tokens", "response_length":
+    "sampling.max_new_tokens", "max_response_length": "sampling.max_new_tokens",
+    "max_prompt_length": "not a setting: every prompt must fit the model's context with "
+    "sampling.max_new_tokens to spare (checked before training)",
+    "learning_rate": "train.lr (sft.lr for the warm-up)",
+    "epsilon": "loss.eps_low (and loss.eps_high)", "clip_ratio": "loss.eps_low (and loss.eps_high)",
+    "clip_ratio_low": "loss.eps_low", "epsilon_high": "loss.eps_high",
+    "clip_ratio_high": "loss.eps_high",
+    "loss_type": "loss.agg_mode", "loss_agg_mode": "loss.agg_mode",
+    "scale_rewards": "not a setting: advantages are always divided by the group's reward std "
+    "(+1e-4), TRL's scale_rewards='group'",
+    "norm_adv_by_std_in_grpo": "not a setting: advantages are always divided by the group's "
+    "reward std (+1e-4)",
+    "steps_per_generation": "train.mini_batches", "ppo_mini_batch_size": "train.mini_batches "
+    "(the number of mini-batches, not their size)",
+    "ppo_epochs": "train.num_iterations",
+    "report_to": "train.tensorboard (true / false)",
+    "resume_from_checkpoint": "the --resume flag of ibtpo train",
+    "max_steps": "train.steps (or train.token_budget)",
+    "total_training_steps": "train.steps (or train.token_budget)",
+    "per_device_train_batch_size": "train.prompts_per_step (prompts, not completions)",
+    "train_batch_size": "train.prompts_per_step (prompts, not completions)",
+    "max_grad_norm": "train.grad_clip", "entropy_coeff": "loss.entropy_coef",
+    "output_dir": "train.out_dir", "save_steps": "train.ckpt_every",
+    "save_total_limit": "train.keep_checkpoints", "eval_steps": "train.eval_every",
+    "model_name_or_path": "train.init (model.name_or_path for ibtpo sft)",
+    "torch_dtype": "model.dtype", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
+}
+
+
+def _field_names() -> list[str]:
+    """Every field as 'section.field'."""
+    return [name for name, _, _ in describe()]
+
+
+def key_hint(key: str, section: str | None = None) -> str:
+    """' (did you mean ...)' for an unknown key: TRL / verl spellings (FOREIGN_KEYS), then close
+    field names in any section; '' when nothing is close."""
+    if key.lower() in FOREIGN_KEYS:
+        return f" (TRL/verl's {key!r} is {FOREIGN_KEYS[key.lower()]})"
+    names = _field_names()
+    by_field: dict[str, list[str]] = {}
+    for name in names:
+        by_field.setdefault(name.split(".", 1)[1], []).append(name)
+    close = [n for f in difflib.get_close_matches(key, by_field, n=3, cutoff=0.75)
+             for n in by_field[f]]
+    if section is not None:
+        close += difflib.get_close_matches(f"{section}.{key}", names, n=2, cutoff=0.75)
+    close = list(dict.fromkeys(close))[:4]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
 def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
     if not isinstance(data, dict):
         problems.append(f"{source}: expected a mapping of sections, got {type(data).__name__}")
@@ -316,7 +438,9 @@ def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
     sections = {f.name: f for f in dataclasses.fields(cfg)}
     for sec_name, values in data.items():
         if sec_name not in sections:
-            problems.append(f"{source}: unknown section {sec_name!r} "
+            near = difflib.get_close_matches(str(sec_name), sections, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else key_hint(str(sec_name))
+            problems.append(f"{source}: unknown section {sec_name!r}{hint} "
                             f"(valid: {', '.join(sections)})")
             continue
         section = getattr(cfg, sec_name)
@@ -332,7 +456,8 @@ def _merge_section(section: Any, sec_name: str, values: dict, source: str,
     for key, value in values.items():
         name = f"{sec_name}.{key}"
         if key not in hints:
-            problems.append(f"{source}: unknown key {name!r} (valid: {', '.join(hints)})")
+            problems.append(f"{source}: unknown key {name!r}{key_hint(str(key), sec_name)} "
+                            f"(valid in {sec_name}: {', '.join(hints)})")
         elif not _type_ok(value, hints[key]):
             problems.append(f"{name}: got {value!r}, expected {_type_name(hints[key])}")
         else:
@@ -364,6 +489,9 @@ def validate(cfg: Config) -> list[str]:
                              or sum(t.reward_weights) <= 0):
         problems.append(f"task.reward_weights: got {t.reward_weights!r}, expected {n_rewards} "
                         "non-negative weights (one per task.reward entry) with a positive sum")
+    if len(t.reward_range) != 2 or not t.reward_range[0] < t.reward_range[1]:
+        problems.append(f"task.reward_range: got {t.reward_range!r}, expected [low, high] with "
+                        "low < high")
     r = cfg.rollout
     if 0 < r.token_budget < r.b0 * cfg.sampling.max_new_tokens:
         problems.append(f"rollout.token_budget: got {r.token_budget}, expected 0 (no limit) or at "
@@ -389,7 +517,7 @@ def parse_override(text: str, cfg: Config | None = None) -> dict:
     if hints.get(key) is str and not raw.strip().startswith(("'", '"')):
         return {section: {key: raw}}
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if hints.get(key) is float and isinstance(value, str):
@@ -405,7 +533,7 @@ def load_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError([f"{path}: no such config file"], "config")
     try:
-        return yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        return yaml_load(path.read_bytes().decode("utf-8")) or {}
     except UnicodeDecodeError as err:
         raise ConfigError([f"{path}: not UTF-8 text (byte at offset {err.start}); expected a "
                            "YAML config file"]) from None
@@ -439,3 +567,21 @@ def describe() -> list[tuple[str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{sec.name}.{f.name}", default, f.metadata["help"]))
     return rows
+
+
+def valid_values(meta: dict) -> str:
+    """What a field accepts, from its metadata: 'one of: a | b', '> 0.0', '0.0 .. 1.0', or ''."""
+    if meta.get("choices"):
+        return "one of: " + " | ".join(map(str, meta["choices"]))
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and hi is not None:
+        return f"{lo} .. {hi}"
+    if lo is not None:
+        return f"{'>' if meta.get('min_exclusive') else '>='} {lo}"
+    return f"<= {hi}" if hi is not None else ""
+
+
+def describe_valid() -> dict[str, str]:
+    """{'section.field': what it accepts} for every field (see `valid_values`)."""
+    return {f"{sec.name}.{f.name}": valid_values(f.metadata) for sec in dataclasses.fields(Config)
+            for f in dataclasses.fields(sec.default_factory())}

@@ -16,6 +16,8 @@ Choices (config key in brackets):
 - Depth = number of steps of a trajectory (depth of its leaf). The branching histogram counts the
   distinct children of every non-terminal node (a merged child counts once).
 - `rollout/trajectories_per_1k_tokens` is 0.0 when no token was generated.
+- `rollout/clipped_ratio` counts a trajectory as cut when its last step stopped at the length
+  limit (`stop_reason == "length"`), i.e. without an EOS / end-of-turn token.
 - `MetricsLogger` writes one JSON object per `log` call (with "step") to `metrics.jsonl`; tensors
   and numpy scalars become floats, NaN/inf become null; TensorBoard gets the numeric scalars
   [`tensorboard`, default True; skipped when torch.utils.tensorboard cannot be imported].
@@ -44,6 +46,8 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/trajectories_per_1k_tokens": "trajectories per 1,000 generated tokens "
                                           "(token efficiency)",
     "rollout/response_len_mean": "mean tokens of a full response (shared prefix counted in each)",
+    "rollout/clipped_ratio": "share of trajectories cut at sampling.max_new_tokens (stop reason "
+                             "'length', no EOS; TRL's completions/clipped_ratio)",
     "rollout/generated_tokens": "tokens generated for this step's trees (prompt and shared "
                                 "prefixes excluded)",
     "rollout/unscorable": "trajectories whose reward function returned None (scored as 0)",
@@ -106,6 +110,11 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/num_trajectories": "trajectories sampled this step (all trees)",
     "rollout/rounds": "generation rounds run (1 + branching rounds that had a node to branch)",
     "rollout/branches": "continuations sampled in the branching rounds (after round 1)",
+    "rollout/joins": "rollout.scheduler=continuous: continuations that joined the batch while "
+                     "other rows were decoding (0: no round overlapped another)",
+    "rollout/decode_steps": "rollout.scheduler=continuous: batched one-token decode forwards "
+                            "this step",
+    "rollout/rows_in_flight": "rollout.scheduler=continuous: mean rows per decode forward",
     "time/generate_s": "seconds spent in engine.generate this step",
     "time/reward_s": "seconds spent in the reward function this step",
     "rollout/reward_errors": "completions whose reward function raised (scored None; see "
@@ -144,6 +153,8 @@ def rollout_metrics(trees: list[Tree]) -> dict[str, float]:
         "rollout/generated_tokens_per_prompt": tokens / len(trees),
         "rollout/trajectories_per_1k_tokens": 1000.0 * n_traj / tokens if tokens else 0.0,
         "rollout/response_len_mean": _mean(lens),
+        "rollout/clipped_ratio": _mean([leaf.stop_reason == "length"
+                                        for t in trees for leaf in t.leaves()]),
         "policy/entropy": _mean([e for t in trees for n in t.nodes() for e in n.entropies]),
     }
 

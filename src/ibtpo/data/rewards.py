@@ -27,6 +27,18 @@ Registry `REWARDS` (config key `task.reward`):
 each a registered name or a user function with the same signature given as `module:function`
 (importable, the current directory included) or `path/to/file.py:function`. Several entries
 are combined by `RewardSet` (weights `task.reward_weights`, see there).
+
+Rewards lie in [0, 1]: IB-TPO reads a trajectory's reward as a success probability (the value
+p̂ of a node is the mean reward below it; docs/ALGORITHM.md §1). A reward outside [0, 1] (TRL's
+-1 for a bad format, a sum of several functions) stops the run at its first scoring with a
+`RewardRangeError` naming the function, the value and the completion. A reward on another scale
+is used through [`task.reward_transform`] (`RewardTransform`), applied to the combined reward:
+- "threshold": reward >= [`task.reward_threshold`] -> 1.0, else 0.0. A binary success, the
+  paper's own setting: every quantity of the method means what it says.
+- "rescale": (reward - low) / (high - low) with [low, high] = [`task.reward_range`]; a reward
+  outside the range stops the run. GRPO's advantage and A_GL are invariant to this affine map,
+  but the IB-Score's ratio r = p̂(child) / p̂(parent) is not: where `low` sits changes it.
+NaN and infinite rewards always stop the run.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from typing import Callable
 from ibtpo.data.arithmetic import verify
 
 RewardFn = Callable[..., list]
+TRANSFORMS = ("none", "threshold", "rescale")
 NUMBER_RE = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+")
 GSM8K_MARK = "####"
 MATH_VERIFY_TIMEOUT_S = 5  # math-verify's own default, per parse and per verify
@@ -229,6 +242,70 @@ def import_reward_fn(spec: str) -> RewardFn:
     return fn
 
 
+class RewardRangeError(ValueError):
+    """A reward outside what the run accepts (NaN, or outside [0, 1] / `task.reward_range`):
+    a bad reward function, never an unscorable item (`GuardedReward` lets it through)."""
+
+
+class RewardTransform:
+    """What a raw reward becomes before IB-TPO reads it as a success probability in [0, 1].
+
+    kind "none": checked, unchanged (the default: bit for bit what the function returned);
+    "threshold": 1.0 when reward >= `threshold`, else 0.0; "rescale": (reward - low) /
+    (high - low), a reward outside [low, high] raises `RewardRangeError`."""
+
+    def __init__(self, kind: str = "none", threshold: float = 0.5,
+                 low: float = 0.0, high: float = 1.0):
+        if kind not in TRANSFORMS:
+            raise ValueError(f"reward transform: got {kind!r}, expected one of {TRANSFORMS}")
+        if not low < high:
+            raise ValueError(f"reward range: expected low < high, got [{low}, {high}]")
+        self.kind, self.threshold, self.low, self.high = kind, threshold, low, high
+
+    @classmethod
+    def of(cls, task) -> "RewardTransform":
+        """The transform of a `TaskConfig` (`reward_transform`, `reward_threshold`,
+        `reward_range`)."""
+        low, high = task.reward_range
+        return cls(task.reward_transform, task.reward_threshold, low, high)
+
+    def __call__(self, value: float, source: str, completion) -> float:
+        """`value` (finite, from `source`) mapped into [0, 1]; RewardRangeError when it cannot."""
+        if self.kind == "threshold":
+            return 1.0 if value >= self.threshold else 0.0
+        low, high = (self.low, self.high) if self.kind == "rescale" else (0.0, 1.0)
+        if not low <= value <= high:
+            raise RewardRangeError(range_message(source, value, completion, self))
+        return value if self.kind == "none" else (value - low) / (high - low)
+
+
+def range_message(source: str, value: float, completion, transform: RewardTransform) -> str:
+    """The error of a reward outside what `transform` accepts, with the ways out."""
+    text = f"reward {source} returned {value!r} for completion {str(completion)[:120]!r}"
+    if transform.kind == "rescale":
+        return (f"{text}; expected a value in task.reward_range = [{transform.low}, "
+                f"{transform.high}] (task.reward_transform=rescale)")
+    return (f"{text}; expected a value in [0, 1] (IB-TPO reads a reward as a success "
+            "probability). For a reward on another scale set task.reward_transform=threshold "
+            "(reward >= task.reward_threshold counts as 1, else 0) or task.reward_transform="
+            "rescale with task.reward_range=[LOW, HIGH]")
+
+
+def checked_reward(value, source: str, completion) -> float | None:
+    """`value` as a float (None stays None); RewardRangeError for NaN, inf or a non-number."""
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise RewardRangeError(f"reward {source} returned {value!r:.80} for completion "
+                               f"{str(completion)[:120]!r}; expected a float or None") from None
+    if not math.isfinite(out):
+        raise RewardRangeError(f"reward {source} returned {out!r} for completion "
+                               f"{str(completion)[:120]!r}; expected a finite float or None")
+    return out
+
+
 def reward_name(fn: RewardFn) -> str:
     """A readable name of a reward function (for metrics)."""
     return getattr(fn, "__name__", type(fn).__name__)
@@ -244,7 +321,9 @@ class RewardSet:
     when there are several, the mean of its non-None rewards and its None count.
     """
 
-    def __init__(self, fns: list[tuple[str, RewardFn]], weights: list[float] | None = None):
+    def __init__(self, fns: list[tuple[str, RewardFn]], weights: list[float] | None = None,
+                 transform: RewardTransform | None = None):
+        self.transform = transform or RewardTransform()
         if not fns:
             raise ValueError("reward: expected at least one reward function")
         weights = list(weights) if weights else [1.0] * len(fns)
@@ -259,20 +338,32 @@ class RewardSet:
         per_fn = [self.call_one(name, fn, prompts, completions, columns)
                   for name, fn in zip(self.names, self.fns)]
         if len(per_fn) == 1:
-            return per_fn[0]
-        return [None if all(r is None for r in rs) else
-                sum(w * (r or 0.0) for w, r in zip(self.weights, rs)) for rs in zip(*per_fn)]
+            combined = per_fn[0]
+        else:
+            combined = [None if all(r is None for r in rs) else
+                        sum(w * (r or 0.0) for w, r in zip(self.weights, rs))
+                        for rs in zip(*per_fn)]
+        if self.transform.kind == "none":  # each function was checked in [0, 1]: so is the mean
+            return combined
+        source = " + ".join(map(repr, self.names)) if len(self.names) > 1 else repr(self.names[0])
+        return [None if r is None else self.transform(r, source, c)
+                for r, c in zip(combined, completions)]
 
     def call_one(self, name, fn, prompts, completions, columns) -> list[float | None]:
         rewards = list(fn(prompts=prompts, completions=completions, **columns))
         if len(rewards) != len(completions):
             raise ValueError(f"reward {name!r}: expected {len(completions)} rewards, "
                              f"got {len(rewards)}")
-        scored = [float(r) for r in rewards if r is not None]
+        rewards = [checked_reward(r, repr(name), c) for r, c in zip(rewards, completions)]
+        if self.transform.kind == "none":
+            for r, c in zip(rewards, completions):
+                if r is not None:
+                    self.transform(r, repr(name), c)  # RewardRangeError outside [0, 1]
+        scored = [r for r in rewards if r is not None]
         self.stats[name][0] += sum(scored)
         self.stats[name][1] += len(scored)
         self.stats[name][2] += len(rewards) - len(scored)
-        return [None if r is None else float(r) for r in rewards]
+        return rewards
 
     def pop_metrics(self) -> dict[str, float]:
         """reward/NAME (mean of its non-None rewards) and reward/NAME/none, when several."""
@@ -285,18 +376,20 @@ class RewardSet:
         return out
 
 
-def reward_set_of(fns, weights: list[float] | None = None) -> RewardSet:
+def reward_set_of(fns, weights: list[float] | None = None,
+                  transform: RewardTransform | None = None) -> RewardSet:
     """One reward function in TRL's shape, or a list of them, as a `RewardSet` named by
     `reward_name`."""
     fns = list(fns) if isinstance(fns, (list, tuple)) else [fns]
-    return RewardSet([(reward_name(f), f) for f in fns], weights)
+    return RewardSet([(reward_name(f), f) for f in fns], weights, transform)
 
 
-def load_reward_fn(spec: str, weights: list[float] | None = None) -> RewardSet:
+def load_reward_fn(spec: str, weights: list[float] | None = None,
+                   transform: RewardTransform | None = None) -> RewardSet:
     """What `task.reward` names: comma-separated registered names or module:function entries."""
     entries = [e.strip() for e in spec.split(",") if e.strip()]
     fns = []
     for entry in entries:
         fn = import_reward_fn(entry) if ":" in entry else get_reward_fn(entry)
         fns.append((entry if ":" not in entry else reward_name(fn), fn))
-    return RewardSet(fns, weights)
+    return RewardSet(fns, weights, transform)

@@ -5,15 +5,19 @@ What rollouts, evaluations and diagnostics need from a checkpoint, built from on
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import torch
 
 from ibtpo.config import Config
-from ibtpo.data.rewards import RewardSet, load_reward_fn, reward_set_of
+from ibtpo.data.rewards import RewardSet, RewardTransform, load_reward_fn, reward_set_of
 from ibtpo.evaluation import evaluate
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.models import load_model, prompt_encoder, resolve_device, stop_token_ids
 from ibtpo.rollout.engine import Engine, SamplingParams
-from ibtpo.rollout.sampler import RolloutParams, sample_trees
+from ibtpo.rollout.sampler import RolloutParams
+from ibtpo.rollout.scheduler import get_scheduler
 
 
 def rollout_params(cfg: Config) -> RolloutParams:
@@ -33,10 +37,16 @@ def sampling_params(cfg: Config) -> SamplingParams:
 
 def reward_set(cfg: Config, reward_funcs=None) -> RewardSet:
     """The reward of `task.reward` (with `task.reward_weights`), or the given function(s): a
-    `RewardSet`, one function, or a list of functions (equal weights)."""
+    `RewardSet`, one function, or a list of functions (equal weights); rewards are checked in
+    [0, 1] or mapped there by `task.reward_transform` (`ibtpo.data.rewards.RewardTransform`)."""
+    transform = RewardTransform.of(cfg.task)
     if reward_funcs is None:
-        return load_reward_fn(cfg.task.reward, cfg.task.reward_weights)
-    return reward_funcs if isinstance(reward_funcs, RewardSet) else reward_set_of(reward_funcs)
+        return load_reward_fn(cfg.task.reward, cfg.task.reward_weights, transform)
+    if isinstance(reward_funcs, RewardSet):
+        reward_funcs = copy.copy(reward_funcs)  # the caller's set keeps its own transform
+        reward_funcs.transform = transform
+        return reward_funcs
+    return reward_set_of(reward_funcs, transform=transform)
 
 
 class Policy:
@@ -59,6 +69,7 @@ class Policy:
         self.reward_fn = reward_set(cfg, reward_funcs)
         self.engine = Engine(self.model, stop_token_ids(self.tokenizer, self.model),
                              self.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size)
+        self.autocast_dtype: torch.dtype | None = None  # sampling's autocast (set by Trainer)
 
     def replace_model(self, model) -> None:
         """Sample from `model` from now on (e.g. the same model with LoRA adapters)."""
@@ -68,6 +79,13 @@ class Policy:
         """Per-function reward metrics since the last call (a reward set's; {} otherwise)."""
         pop = getattr(self.reward_fn, "pop_metrics", None)
         return pop() if pop is not None else {}
+
+    def compute(self):
+        """The context every generation runs in: autocast to `autocast_dtype` (fp32 master
+        weights with 16-bit compute, `ibtpo.training.precision`), or nothing when None."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -82,16 +100,20 @@ class Policy:
         `ibtpo.seeding.stream_key(seed, step, prompt index)`); returns (trees, metrics)."""
         prompts = [self.encode(p.prompt) for p in problems]
         metas = [p.columns() for p in problems]
-        trees, metrics = sample_trees(self.engine, prompts, [p.prompt for p in problems], metas,
-                                      self.reward_fn, self.decode, rollout_params(cfg),
-                                      sampling_params(cfg), tree_keys)
+        grow = get_scheduler(cfg.rollout.scheduler)  # sampler.sample_trees unless 'continuous'
+        with self.compute():
+            trees, metrics = grow(self.engine, prompts, [p.prompt for p in problems], metas,
+                                  self.reward_fn, self.decode, rollout_params(cfg),
+                                  sampling_params(cfg), tree_keys)
         return trees, {**metrics, **self.reward_metrics()}
 
     def evaluate(self, cfg: Config, problems, seed: int) -> dict:
-        res = evaluate(self.model, self.tokenizer, problems, self.reward_fn,
-                       k=cfg.eval.k, temperature=cfg.eval.temperature,
-                       max_new_tokens=cfg.sampling.max_new_tokens,
-                       batch_size=cfg.eval.batch_size, seed=seed, encode=self.encode)
+        with self.compute():
+            res = evaluate(self.model, self.tokenizer, problems, self.reward_fn,
+                           k=cfg.eval.k, temperature=cfg.eval.temperature,
+                           max_new_tokens=cfg.sampling.max_new_tokens,
+                           batch_size=cfg.eval.batch_size, seed=seed, encode=self.encode,
+                           top_p=cfg.eval.top_p, top_k=cfg.eval.top_k)
         self.reward_metrics()  # evaluation rewards are not rollout statistics
         return {"eval/pass@1": res["pass@1"], "eval/avg@k": res[f"avg@{cfg.eval.k}"],
                 **{f"eval/{key}": v for key, v in res.items() if key.startswith("sampled_pass@")}}

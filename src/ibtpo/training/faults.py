@@ -9,7 +9,9 @@
 - `GuardedReward`: a reward function that raises is retried one completion at a time to find the
   prompts it fails on; [`task.reward_errors`] = "unscorable" logs each such prompt with the error
   and scores its trajectory None (counted in rollout/unscorable and rollout/reward_errors);
-  "stop" raises `TrainingError` naming the prompt.
+  "stop" raises `TrainingError` naming the prompt. A reward out of range (`RewardRangeError`: NaN,
+  or outside [0, 1] / `task.reward_range`) is a defect of the function, not of one prompt: it
+  always stops the run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+
+from ibtpo.data.rewards import RewardRangeError
 
 log = logging.getLogger("ibtpo")
 
@@ -67,6 +71,8 @@ class GuardedReward:
     def __call__(self, prompts, completions, **columns):
         try:
             return self.fn(prompts, completions, **columns)
+        except RewardRangeError:  # a reward out of range is a bad function, not a bad item
+            raise
         except Exception:  # find which items fail, one at a time
             return [self._one(i, prompts, completions, columns) for i in range(len(completions))]
 
@@ -74,6 +80,8 @@ class GuardedReward:
         try:
             one = {k: [v[i]] for k, v in columns.items()}
             return list(self.fn([prompts[i]], [completions[i]], **one))[0]
+        except RewardRangeError:
+            raise
         except Exception as err:
             what = (f"reward function {self.name!r} raised {type(err).__name__}: {err} on prompt "
                     f"{str(prompts[i])[:200]!r}, completion {str(completions[i])[:200]!r}")

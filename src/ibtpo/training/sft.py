@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ import torch
 
 from ibtpo import kernels
 from ibtpo.data import load_task
-from ibtpo.data.rewards import load_reward_fn
+from ibtpo.data.rewards import RewardTransform, load_reward_fn
 from ibtpo.evaluation import evaluate, held_out
 from ibtpo.models import check_replaceable, encode_prompt, fingerprint, load_model, save_checkpoint
 from ibtpo.progress import progress_bar
@@ -194,7 +193,8 @@ class SFTRun:
         self.device = next(self.model.parameters()).device
         self.task = load_task(cfg.task)
         check_solutions(self.task, cfg.task.name)
-        self.reward_fn = load_reward_fn(cfg.task.reward, cfg.task.reward_weights)
+        self.reward_fn = load_reward_fn(cfg.task.reward, cfg.task.reward_weights,
+                                        RewardTransform.of(cfg.task))
         self.val_problems = self.task.train_batch(self.s.eval_size,
                                                   stream_rng(self.s.seed, SFT_VALIDATION))
         self.optimizer = make_optimizer(self.model, self.s)
@@ -247,9 +247,8 @@ class SFTRun:
         """The training loop; returns the number of steps taken."""
         clock, stats, step = Clock(self.s.max_minutes), Stats(), 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        show = self.progress and sys.stderr.isatty()
         with open(self.out_dir / LOG_FILE, "w") as log, \
-                progress_bar(show, self.s.steps, description="sft") as bar:
+                progress_bar(self.progress, self.s.steps, description="sft") as bar:
             while step < self.s.steps and not clock.over():
                 self.step(step, clock, stats)
                 step += 1
