@@ -22,6 +22,7 @@ kernels.pin("portable")  # before torch runs anything (ibtpo/kernels.py)
 
 import torch  # noqa: E402
 
+from ibtpo.compare import same_config  # noqa: E402
 from ibtpo.config import load_config  # noqa: E402
 from ibtpo.models import read_extra  # noqa: E402
 from ibtpo.provenance import same_code  # noqa: E402
@@ -66,7 +67,8 @@ def warmup(overrides: list[str] = (), path: Path = WARMUP_DIR) -> Path:
 
     The warm-up is defined by steps and seeds, so every machine makes the same model (up to
     floating-point differences between CPUs); a checkpoint whose recorded settings differ from
-    the current defaults is made again.
+    the current defaults is made again (a setting added to the code since it was made counts as
+    agreeing at its default, as for committed run records: `ibtpo.compare.same_config`).
     """
     from ibtpo.training.sft import run_sft
 
@@ -75,7 +77,8 @@ def warmup(overrides: list[str] = (), path: Path = WARMUP_DIR) -> Path:
             "sft": {**cfg.to_dict()["sft"], "out_dir": None}}
     have = read_extra(path) if path.is_dir() else {}
     have = {**have, "sft": {**have.get("sft", {}), "out_dir": None}}
-    if all(have.get(k) == v for k, v in want.items()):
+    if (all(isinstance(have.get(k), dict) and have[k] for k in want)  # a made warm-up
+            and same_config({k: have[k] for k in want}, want)):  # fields added since: default
         print(f"== warm-up: reusing {path}")
         return path
     print(f"== warm-up: supervised training -> {path}")
