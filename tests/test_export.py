@@ -65,3 +65,23 @@ def test_export_takes_a_run_directory_to_its_newest_checkpoint(chat_checkpoint, 
     (empty / "checkpoints").mkdir(parents=True)
     assert main(["export", "--model", str(empty), "--out", str(tmp_path / "f")]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_eval_and_score_take_a_run_directory_too(chat_checkpoint, tmp_path, monkeypatch):
+    """`ibtpo eval` and `ibtpo score` read --model as `ibtpo export` does: a run directory means
+    its newest checkpoint (the functions that would load it are replaced by recorders)."""
+    import shutil
+
+    from ibtpo.training.checkpoint import write_checkpoint
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        write_checkpoint(run, step, lambda d: shutil.copytree(chat_checkpoint, d,
+                                                              dirs_exist_ok=True), keep=3)
+    seen = []
+    monkeypatch.setattr("ibtpo.evaluation.run_eval", lambda cfg, model, out: seen.append(model))
+    monkeypatch.setattr("ibtpo.diagnostics.run_score",
+                        lambda cfg, model, **kw: seen.append(model) or {})
+    assert main(["eval", "--model", str(run)]) == 0
+    assert main(["score", "--model", str(run / "checkpoints")]) == 0
+    assert seen == [str(run / "checkpoints" / "step-00000002")] * 2

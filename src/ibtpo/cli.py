@@ -57,11 +57,18 @@ def cmd_sft(args):
     print(f"fingerprint: {describe_fingerprint(final['fingerprint'])}")
 
 
+def _model(path: str) -> str:
+    """A --model argument: a run directory (or its checkpoints/) means its newest checkpoint."""
+    from ibtpo.export import checkpoint_of
+
+    return checkpoint_of(path)
+
+
 def cmd_eval(args):
     cfg = _config(args)
     from ibtpo.evaluation import run_eval
 
-    run_eval(cfg, args.model, args.out)
+    run_eval(cfg, _model(args.model), args.out)
 
 
 def cmd_train(args):
@@ -111,19 +118,20 @@ def cmd_score(args):
     from ibtpo.diagnostics import run_score, run_score_rollouts
 
     if args.rollouts:  # another framework's rollouts: the dynamics table and plot
-        run_score_rollouts(cfg, args.rollouts, args.model, out_json=args.out)
+        run_score_rollouts(cfg, args.rollouts, args.model and _model(args.model),
+                           out_json=args.out)
         return
     if not args.model:
         raise ValueError("--model is required (or --rollouts FILE: rollouts of any framework)")
-    result = run_score(cfg, args.model, out_json=args.out, progress=_progress(args))
+    result = run_score(cfg, _model(args.model), out_json=args.out, progress=_progress(args))
     print(json.dumps(result, indent=2))
 
 
 def cmd_export(args):
     cfg = _config(args)
-    from ibtpo.export import checkpoint_of, run_export
+    from ibtpo.export import run_export
 
-    source = checkpoint_of(args.model)  # a run directory: its newest checkpoint
+    source = _model(args.model)  # a run directory: its newest checkpoint
     out = run_export(source, args.out, cfg.model.dtype)
     print(f"exported {source} -> {out} (plain Hugging Face checkpoint)")
 
