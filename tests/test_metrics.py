@@ -158,3 +158,48 @@ def test_clipped_ratio_counts_responses_cut_at_the_length_limit():
     trees[1].leaves()[1].stop_reason = "length"
     assert tree_metrics(trees, beta=5.0)["rollout/clipped_ratio"] == 2 / 5
     assert tree_metrics(hand_trees(), beta=5.0)["rollout/clipped_ratio"] == 0.0
+
+
+class _FakeWandb:
+    """Stands in for the `wandb` module: records init arguments, logged rows and finish."""
+
+    def __init__(self):
+        self.inits, self.rows, self.finished = [], [], 0
+        self.util = type("util", (), {"generate_id": staticmethod(lambda: "abc123")})
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        return self
+
+    def log(self, row, step):
+        self.rows.append((step, row))
+
+    def finish(self):
+        self.finished += 1
+
+
+def test_wandb_gets_the_numeric_scalars_offline_and_resumes_the_same_run(tmp_path, monkeypatch):
+    import sys
+
+    from ibtpo.metrics import open_wandb
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    for step in (1, 2):  # a run, then its resume in the same out_dir
+        run = open_wandb(str(tmp_path), "proj", config={"train": {"lr": 1e-6}})
+        with MetricsLogger(str(tmp_path), tensorboard=False, wandb=run) as log:
+            log.log(step, {"loss/pg": 0.5, "flag": True, "name": "x", "nan": float("nan")})
+    assert [k["id"] for k in fake.inits] == ["abc123", "abc123"]  # the resumed run continues it
+    assert fake.inits[0]["mode"] == "offline" and fake.inits[0]["resume"] == "allow"
+    assert fake.inits[0]["dir"] == str(tmp_path) and fake.inits[0]["project"] == "proj"
+    assert fake.rows == [(1, {"loss/pg": 0.5}), (2, {"loss/pg": 0.5})] and fake.finished == 2
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from ibtpo.metrics import open_wandb
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with pytest.raises(ImportError, match="pip install wandb"):
+        open_wandb(str(tmp_path), "proj")

@@ -210,3 +210,23 @@ def test_recomputed_old_logprobs_equal_the_training_forward_in_bf16(chat_checkpo
     assert ((logprobs - batch.old_logprobs) * mask).abs().max() > 1e-4  # the sampler's
     assert ((logprobs - recomputed.old_logprobs) * mask).abs().max() < 1e-6
     assert torch.equal(recomputed.old_logprobs * (1 - mask), torch.zeros_like(mask))
+
+
+def test_train_wandb_project_logs_every_step_to_weights_and_biases(warm_checkpoint, tmp_path,
+                                                                   monkeypatch):
+    import sys
+
+    from test_metrics import _FakeWandb
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = rl_config(warm_checkpoint, tmp_path, "train.steps=2", "train.prompts_per_step=2",
+                    "train.wandb_project=ib", name="grpo")
+    trainer = Trainer(cfg, progress=False)
+    trainer.train()
+    assert fake.inits[0]["project"] == "ib"
+    assert fake.inits[0]["config"]["train"]["lr"] == cfg.train.lr
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in fake.rows] == [r["step"] for r in logged]  # every row, as in the JSONL
+    assert [s for s, _ in fake.rows][-2:] == [1, 2] and "loss/pg" in fake.rows[-1][1]
+    assert fake.finished == 1

@@ -285,6 +285,11 @@ class TrainConfig:
     out_dir: str = F("runs/train", "output directory (metrics.jsonl, tensorboard, checkpoints)")
     seed: int = F(0, "seed of prompts, sampling and tie-breaking", min=0)
     tensorboard: bool = F(True, "also write TensorBoard event files")
+    wandb_project: str = F("", "also log to Weights & Biases, in this project ('' = off; needs "
+                           "`pip install wandb`)")
+    wandb_mode: str = F("offline", "Weights & Biases mode: 'offline' (files under "
+                        "{out_dir}/wandb, `wandb sync` uploads them later; safe without network) "
+                        "or 'online'", choices=("offline", "online"))
     recompute_old_logprobs: bool = F(False, "recompute the old log-probs with the training forward "
                                      "before the update (bf16 / GPU: sampling and training kernels "
                                      "differ, so the first ratio is 1 only with this on)")
@@ -395,7 +400,7 @@ FOREIGN_KEYS: dict[str, str] = {
     "steps_per_generation": "train.mini_batches", "ppo_mini_batch_size": "train.mini_batches "
     "(the number of mini-batches, not their size)",
     "ppo_epochs": "train.num_iterations",
-    "report_to": "train.tensorboard (true / false)",
+    "report_to": "train.tensorboard (true / false) and train.wandb_project (Weights & Biases)",
     "resume_from_checkpoint": "the --resume flag of ibtpo train",
     "max_steps": "train.steps (or train.token_budget)",
     "total_training_steps": "train.steps (or train.token_budget)",

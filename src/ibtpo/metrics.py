@@ -20,7 +20,8 @@ Choices (config key in brackets):
   limit (`stop_reason == "length"`), i.e. without an EOS / end-of-turn token.
 - `MetricsLogger` writes one JSON object per `log` call (with "step") to `metrics.jsonl`; tensors
   and numpy scalars become floats, NaN/inf become null; TensorBoard gets the numeric scalars
-  [`tensorboard`, default True; skipped when torch.utils.tensorboard cannot be imported].
+  [`tensorboard`, default True; skipped when torch.utils.tensorboard cannot be imported], and
+  Weights & Biases when [`wandb_project`] is set (offline by default, [`wandb_mode`]).
 """
 
 from __future__ import annotations
@@ -239,30 +240,59 @@ def _open_tensorboard(out_dir: str, purge_step: int | None = None):
     return SummaryWriter(log_dir=os.path.join(out_dir, "tb"), purge_step=purge_step)
 
 
-class MetricsLogger:
-    """Appends one JSON object per step to out_dir/metrics.jsonl, and scalars to TensorBoard."""
+def open_wandb(out_dir: str, project: str, mode: str = "offline", config: dict | None = None):
+    """A Weights & Biases run logging to `project` (`mode` 'offline' or 'online'), its files under
+    out_dir/wandb; a resumed run (same out_dir) continues the same W&B run. ImportError with the
+    install command when wandb is missing."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("train.wandb_project is set but wandb is not installed: pip install "
+                          "wandb (or set train.wandb_project='')") from None
+    id_file = os.path.join(out_dir, "wandb_id")
+    if os.path.isfile(id_file):
+        with open(id_file, encoding="utf-8") as f:
+            run_id = f.read().strip()
+    else:
+        run_id = wandb.util.generate_id()
+        with open(id_file, "w", encoding="utf-8") as f:
+            f.write(run_id + "\n")
+    return wandb.init(project=project, dir=out_dir, mode=mode, id=run_id, resume="allow",
+                      config=config)
 
-    def __init__(self, out_dir: str, tensorboard: bool = True, purge_step: int | None = None):
+
+class MetricsLogger:
+    """Appends one JSON object per step to out_dir/metrics.jsonl, and scalars to TensorBoard and
+    (when given a `wandb` run, `open_wandb`) to Weights & Biases."""
+
+    def __init__(self, out_dir: str, tensorboard: bool = True, purge_step: int | None = None,
+                 wandb=None):
         """`purge_step`: TensorBoard hides earlier events at this step and after (a resumed run
         logs those steps again)."""
         os.makedirs(out_dir, exist_ok=True)
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = _open_tensorboard(out_dir, purge_step) if tensorboard else None
+        self._wandb = wandb
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), **to_jsonable(dict(metrics))}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        scalars = {name: v for name, v in row.items()
+                   if name != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
-            for name, v in row.items():
-                if name != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(name, v, global_step=int(step))
+            for name, v in scalars.items():
+                self._tb.add_scalar(name, v, global_step=int(step))
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=int(step))
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
     def __enter__(self) -> "MetricsLogger":
         return self

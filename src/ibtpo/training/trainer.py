@@ -38,7 +38,7 @@ from ibtpo import kernels
 from ibtpo.config import Config
 from ibtpo.core.advantages import AdvParams, get_estimator
 from ibtpo.data import load_task
-from ibtpo.metrics import MetricsLogger, tree_metrics
+from ibtpo.metrics import MetricsLogger, open_wandb, tree_metrics
 from ibtpo.models import fingerprint
 from ibtpo.progress import progress_bar
 from ibtpo.rollout.policy import Policy
@@ -504,7 +504,10 @@ class Trainer:
         if not self.dist.is_main:
             return _NullLogger()
         ckpt.truncate_log(self.out / "metrics.jsonl", self.step if self.step else -1)
-        return MetricsLogger(self.out, tensorboard=self.cfg.train.tensorboard,
+        t = self.cfg.train
+        wandb = (open_wandb(str(self.out), t.wandb_project, t.wandb_mode, self.cfg.to_dict())
+                 if t.wandb_project else None)
+        return MetricsLogger(self.out, tensorboard=t.tensorboard, wandb=wandb,
                              purge_step=self.step + 1 if self.step else 0)
 
 
