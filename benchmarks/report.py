@@ -37,12 +37,15 @@ accuracy reaches 0.4; seeded and not timed).
   within the interval). Since then every sampled token is drawn from an integer counter-based
   stream (`rollout/streams.py`) instead of torch's exponential kernel (which calls MKL's random
   number library); whether that removes IB-TPO's difference is not measured (no second machine).
-- *Studies 1–3 below ran before the kernels were pinned and before per-row streams*, from the
+- *Studies 2–3 below ran before the kernels were pinned and before per-row streams*, from the
   575-step warm-up, with another sampler: their figures are of that code. Rerunning them
-  (`make evidence`) starts from the 425-step warm-up and writes committed run records. *Study 4*
-  runs on today's code; each of its runs is a committed record (benchmarks/results/runs/) with
-  its code version and warm-up digest, reused on any machine only when both match, and its final
-  weights digest, so a rerun elsewhere can check bit-identity run by run.
+  (`make evidence`) starts from the 425-step warm-up and writes committed run records. *Study 1*
+  was rerun on the 425-step warm-up and per-row streams (its date below). *Study 4* runs on
+  today's code; each of its runs is a committed record (benchmarks/results/runs/) with its code
+  version and warm-up digest, reused on any machine only when both match (or when
+  `benchmarks/equivalence.py` showed its code version to compute what today's does: the pairs in
+  results/runs/equivalent.json), and its final weights digest, so a rerun elsewhere can check
+  bit-identity run by run.
 """
 
 

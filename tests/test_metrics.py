@@ -186,13 +186,16 @@ def test_wandb_gets_the_numeric_scalars_offline_and_resumes_the_same_run(tmp_pat
     fake = _FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     for step in (1, 2):  # a run, then its resume in the same out_dir
-        run = open_wandb(str(tmp_path), "proj", config={"train": {"lr": 1e-6}})
+        run = open_wandb(str(tmp_path), "proj", config={"train": {"lr": 1e-6}}, resume=step > 1)
         with MetricsLogger(str(tmp_path), tensorboard=False, wandb=run) as log:
             log.log(step, {"loss/pg": 0.5, "flag": True, "name": "x", "nan": float("nan")})
     assert [k["id"] for k in fake.inits] == ["abc123", "abc123"]  # the resumed run continues it
     assert fake.inits[0]["mode"] == "offline" and fake.inits[0]["resume"] == "allow"
     assert fake.inits[0]["dir"] == str(tmp_path) and fake.inits[0]["project"] == "proj"
     assert fake.rows == [(1, {"loss/pg": 0.5}), (2, {"loss/pg": 0.5})] and fake.finished == 2
+    fake.util.generate_id = staticmethod(lambda: "new456")
+    open_wandb(str(tmp_path), "proj")  # a fresh run in the same out_dir: a new W&B run
+    assert fake.inits[-1]["id"] == "new456"
 
 
 def test_wandb_missing_is_a_clear_error(tmp_path, monkeypatch):

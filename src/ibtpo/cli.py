@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                              ("score", cmd_score, "IB-Score diagnostics of a policy's trees")):
         p = sub.add_parser(name, help=text)
         _common(p)
-        p.add_argument("--model", required=name == "eval", help="checkpoint directory or preset")
+        p.add_argument("--model", required=name == "eval",
+                       help="checkpoint directory, run directory (its newest checkpoint), "
+                            ".gguf file or preset")
         p.add_argument("--out", default=None, help="write the results as JSON here")
         if name == "score":
             p.add_argument("--rollouts", default=None, metavar="FILE",

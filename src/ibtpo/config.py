@@ -269,7 +269,8 @@ class TrainConfig:
                              "reference) under autocast to model.dtype; false = pure 16-bit "
                              "parameters (half the memory, but updates below the 16-bit spacing "
                              "round away: at lr 1e-6 most bf16 weights never move; warns). No "
-                             "effect with float32 or LoRA (training/precision.py)")
+                             "effect with float32 or LoRA, nor on `ibtpo sft`, which trains in "
+                             "model.dtype (training/precision.py)")
     compile: bool = F(False, "torch.compile the training forward/backward (dynamic shapes): "
                       "~2x faster per update on the `tiny` preset after a one-off compile of about "
                       "a minute on 2 CPU cores; worth it for long runs")

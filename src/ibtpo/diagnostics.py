@@ -130,7 +130,8 @@ def check_rollout(row, where: str) -> dict:
     """One rollout row: `prompt_id` (groups), `completion` (text), `reward` (a number in [0, 1]
     or null), optional `step` (integer, default 0), `prompt` (text, for --model), `tokens` and
     `logprobs` (the completion's token texts and their log-probs, equal lengths)."""
-    if not isinstance(row, dict) or "prompt_id" not in row or "reward" not in row:
+    if (not isinstance(row, dict) or "prompt_id" not in row or "reward" not in row
+            or not isinstance(row.get("completion"), str)):
         raise ValueError(f"{where}: expected an object with prompt_id, completion, reward "
                          "(optional: step, prompt, tokens, logprobs)")
     r = row["reward"]
@@ -183,7 +184,7 @@ def model_completions(rows: list[dict], cfg: Config, model_path: str, where: str
 def rollout_dynamics(rows: list[dict], cfg: Config, model_path: str | None = None,
                      where: str = "rollouts") -> list[dict]:
     """One row of `group_metrics` per training step of `rows` (see the module docstring)."""
-    if all("logprobs" in r for r in rows):
+    if all(r.get("logprobs") is not None for r in rows):
         completions, decode = table_completions(rows)
     elif model_path:
         completions, decode = model_completions(rows, cfg, model_path, where)

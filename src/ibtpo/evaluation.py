@@ -246,7 +246,9 @@ def run_benchmarks(cfg, model_dir: str, out_json: str | None = None) -> dict:
     model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype,
                                   trust_remote_code=cfg.model.trust_remote_code)
     encode = prompt_encoder(tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
-    reward_fn, e = load_reward_fn(cfg.task.reward, cfg.task.reward_weights), cfg.eval
+    reward_fn = load_reward_fn(cfg.task.reward, cfg.task.reward_weights,
+                               RewardTransform.of(cfg.task))
+    e = cfg.eval
     rows = {}
     for name, source in sources:
         problems = load_problems(replace(cfg.task, name=source))[: e.size]

@@ -240,17 +240,19 @@ def _open_tensorboard(out_dir: str, purge_step: int | None = None):
     return SummaryWriter(log_dir=os.path.join(out_dir, "tb"), purge_step=purge_step)
 
 
-def open_wandb(out_dir: str, project: str, mode: str = "offline", config: dict | None = None):
+def open_wandb(out_dir: str, project: str, mode: str = "offline", config: dict | None = None,
+               resume: bool = False):
     """A Weights & Biases run logging to `project` (`mode` 'offline' or 'online'), its files under
-    out_dir/wandb; a resumed run (same out_dir) continues the same W&B run. ImportError with the
-    install command when wandb is missing."""
+    out_dir/wandb; with `resume` (a training run resumed from its checkpoint) the W&B run of the
+    same out_dir continues, else a new one starts. ImportError with the install command when
+    wandb is missing."""
     try:
         import wandb
     except ImportError:
         raise ImportError("train.wandb_project is set but wandb is not installed: pip install "
                           "wandb (or set train.wandb_project='')") from None
     id_file = os.path.join(out_dir, "wandb_id")
-    if os.path.isfile(id_file):
+    if resume and os.path.isfile(id_file):
         with open(id_file, encoding="utf-8") as f:
             run_id = f.read().strip()
     else:
@@ -315,7 +317,8 @@ def metric_docs_markdown() -> str:
 METRICS_PAGE_HEAD = """# Metrics
 
 Every training step writes one JSON object to `{train.out_dir}/metrics.jsonl` (and the numeric
-values as TensorBoard scalars under `tb/`); the warm-up writes `sft_log.jsonl`. This table is
+values as TensorBoard scalars under `tb/`, and to Weights & Biases when `train.wandb_project` is
+set); the warm-up writes `sft_log.jsonl`. This table is
 `ibtpo.metrics.metric_docs_markdown()`, the one list of names and meanings: a test fails when a
 logged metric is missing from it or when this page is out of date. Rewrite the page with
 `.venv/bin/python -c "from ibtpo.metrics import write_metrics_page; write_metrics_page()"`.

@@ -19,7 +19,7 @@ shares, so sampling and training run the same autocast. Under FSDP2, `mixed_prec
 FSDP's mixed-precision policy: accelerate upcasts the trainable parameters to fp32 before
 sharding (fp32 sharded master weights and AdamW state), gathers and computes in bf16; with a
 16-bit `model.dtype` ibtpo loads the policy in fp32 itself (`training/precision.py`), keeps the
-rollout copy in `model.dtype` and autocasts sampling to it (configs/accelerate/fsdp_bf16.yaml).
+rollout copy in `model.dtype` and autocasts sampling to it (configs/accelerate/fsdp2_bf16.yaml).
 FSDP: the training model is sharded; rollouts and evaluation run on a full, unsharded copy that
 is refreshed after every optimizer step (`separate_rollout_model`). Written for accelerate's FSDP,
 which needs GPUs; it has not run here (no GPU).

@@ -505,8 +505,8 @@ class Trainer:
             return _NullLogger()
         ckpt.truncate_log(self.out / "metrics.jsonl", self.step if self.step else -1)
         t = self.cfg.train
-        wandb = (open_wandb(str(self.out), t.wandb_project, t.wandb_mode, self.cfg.to_dict())
-                 if t.wandb_project else None)
+        wandb = (open_wandb(str(self.out), t.wandb_project, t.wandb_mode, self.cfg.to_dict(),
+                            resume=self.step > 0) if t.wandb_project else None)
         return MetricsLogger(self.out, tensorboard=t.tensorboard, wandb=wandb,
                              purge_step=self.step + 1 if self.step else 0)
 
