@@ -95,3 +95,21 @@ def test_a_finished_run_prints_one_summary_line_and_per_step_lines(tmp_path, cap
 
 def test_builtin_config_names_are_the_packaged_files():
     assert {"ibtpo", "grpo", "grpo_clip_higher"} <= set(builtin_config_names())
+
+
+def test_demo_runs_end_to_end_and_reuses_its_warm_up(tmp_path, capsys):
+    """`ibtpo demo` (what `make demo` runs) at tiny settings: warm-up, then GRPO and IB-TPO, 3 seeds
+    each, the table and plots written; a second call reuses the warm-up and the finished runs."""
+    tiny = ["task.terms=[2]", "task.eval_size=20", "eval.size=4", "eval.k=2",
+            "sampling.max_new_tokens=16", "train.prompts_per_step=2", "rollout.b0=2",
+            "rollout.rounds=2", "train.token_budget=150", "sft.steps=3", "sft.eval_every=0",
+            "sft.eval_size=4", "sft.warmup_steps=1", "sft.stop_at_accuracy=0.0"]
+    argv = ["demo", "--no-progress", "--out", str(tmp_path), *sets(tiny)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| grpo | 3 |" in out and "| ibtpo | 3 |" in out
+    for name in ("compare.md", "compare.json", "compare.png", "sft/model.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "warm-up: reusing" in again and again.count("reusing the finished run") == 6
