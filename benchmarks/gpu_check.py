@@ -223,13 +223,15 @@ def make_trainer(config: str, scheduler: str, args, extra=()):
     return Trainer(load_config([resolve_config_path(config)], overrides), progress=False)
 
 
-TRAINERS = {"GRPO": ("grpo", "sync"), "IB-TPO sync": ("ibtpo", "sync"),
-            "IB-TPO continuous": ("ibtpo", "continuous")}
+TRAINERS = {"GRPO": ("grpo", "sync", ()), "IB-TPO sync": ("ibtpo", "sync", ()),
+            "IB-TPO continuous": ("ibtpo", "continuous", ()),
+            "IB-TPO continuous + KV reuse": ("ibtpo", "continuous",
+                                             ("rollout.prefix_cache_mb=4096",))}
 
 
 def step_times(args) -> list[list[str]]:
     """Rows of the step-time table: medians over alternating timed steps."""
-    trainers = {name: make_trainer(c, s, args) for name, (c, s) in TRAINERS.items()}
+    trainers = {name: make_trainer(c, s, args, extra) for name, (c, s, extra) in TRAINERS.items()}
     rows = {name: [] for name in trainers}
     for step in range(args.steps + (0 if args.smoke else 1)):
         for name, trainer in trainers.items():

@@ -9,7 +9,8 @@ when missing; `--model` overrides it with another checkpoint or a preset such as
 every other setting from the built-in `grpo` and `ibtpo` configs (`--set` overrides all, e.g.
 `--set train.compile=true`): GRPO and IB-TPO, each with `train.pack_trees` true (packed trees)
 and false (one padded row per trajectory), and IB-TPO packed with `rollout.scheduler=continuous`
-("ibtpo cont."). Every trainer samples the same prompts from the same seeds. Their steps
+("ibtpo cont."), also with branch-prefix KV reuse (`rollout.prefix_cache_mb=1024`, "ibtpo
+cont.kv"). Every trainer samples the same prompts from the same seeds. Their steps
 alternate round-robin in this process, so machine drift hits all alike; one untimed step each
 comes first. Printed per trainer, medians over the timed steps: seconds per step (rollout +
 update), seconds per 1k generated tokens, prefill's share of the engine's time, decode forwards
@@ -36,9 +37,12 @@ from ibtpo.config import load_config, resolve_config_path
 from ibtpo.training.batch import from_trees
 from ibtpo.training.trainer import Trainer
 
-RUNS = {"grpo packed": ("grpo", True, "sync"), "grpo padded": ("grpo", False, "sync"),
-        "ibtpo packed": ("ibtpo", True, "sync"), "ibtpo padded": ("ibtpo", False, "sync"),
-        "ibtpo cont.": ("ibtpo", True, "continuous")}
+KV = "rollout.prefix_cache_mb=1024"
+RUNS = {  # name -> (config, packed, scheduler, overrides)
+    "grpo packed": ("grpo", True, "sync", []), "grpo padded": ("grpo", False, "sync", []),
+    "ibtpo packed": ("ibtpo", True, "sync", []), "ibtpo padded": ("ibtpo", False, "sync", []),
+    "ibtpo cont.": ("ibtpo", True, "continuous", []),
+    "ibtpo cont.kv": ("ibtpo", True, "continuous", [KV])}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,11 +87,12 @@ class PrefillClock:
             self.seconds += time.perf_counter() - t0
 
 
-def make_trainer(name: str, packed: bool, scheduler: str, args, out: str) -> Trainer:
+def make_trainer(name: str, packed: bool, scheduler: str, sets: list[str], args,
+                 out: str) -> Trainer:
     extra = [f"train.prompts_per_step={args.prompts}",
-             f"train.out_dir={out}/{name}{packed}{scheduler}", "train.tensorboard=false",
+             f"train.out_dir={out}/{name}{packed}{scheduler}{len(sets)}", "train.tensorboard=false",
              f"train.pack_trees={str(packed).lower()}", f"rollout.scheduler={scheduler}",
-             f"train.init={args.model}"]
+             f"train.init={args.model}", *sets]
     trainer = Trainer(load_config([resolve_config_path(name)], extra + args.set), progress=False)
     inner, pad = trainer.make_batch, trainer.policy.tokenizer.pad_token_id
 
@@ -139,7 +144,8 @@ def report(res: dict[str, dict]) -> None:
 def report_ratios(res: dict[str, dict]) -> None:
     """P4 per scheduler, and the packing and update ratios of the trainers that ran."""
     gr = res.get("grpo packed")
-    for name, label in (("ibtpo packed", "sync"), ("ibtpo cont.", "continuous")):
+    for name, label in (("ibtpo packed", "sync"), ("ibtpo cont.", "continuous"),
+                        ("ibtpo cont.kv", "continuous + prefix KV reuse")):
         if gr and name in res:
             ib = res[name]
             print(f"P4 = IB-TPO / GRPO seconds per 1k generated tokens (packed, {label} "
@@ -178,8 +184,8 @@ def main(argv=None) -> None:
         args.steps, args.prompts = 2, 8
     clock, counter = PrefillClock(), DecodeCounter()
     with tempfile.TemporaryDirectory() as out:
-        trainers = {name: make_trainer(cfg, packed, scheduler, args, out)
-                    for name, (cfg, packed, scheduler) in runs.items()}
+        trainers = {name: make_trainer(cfg, packed, scheduler, sets, args, out)
+                    for name, (cfg, packed, scheduler, sets) in runs.items()}
         first = next(iter(trainers.values())).cfg
         print(f"model {first.train.init}  prompts/step {args.prompts}  max_new_tokens "
               f"{first.sampling.max_new_tokens}  torch threads {torch.get_num_threads()}  "

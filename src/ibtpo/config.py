@@ -203,6 +203,11 @@ class RolloutConfig:
                        "barrier, a tree's next branches join the running batch as soon as its "
                        "round is done (same trees; ibtpo.rollout.scheduler)",
                        choices=("sync", "continuous"))
+    prefix_cache_mb: int = F(0, "scheduler 'continuous': keep the KV cache of finished "
+                             "continuations up to this many MiB, so that a branch starts from "
+                             "its prefix's cached keys and values instead of re-encoding the "
+                             "prompt and its ancestors (0 = off; same trees up to the last bits "
+                             "of the sums; ibtpo.rollout.prefix_cache)", min=0)
 
 
 @dataclass
@@ -503,6 +508,10 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"rollout.token_budget: got {r.token_budget}, expected 0 (no limit) or at "
                         f"least b0 * sampling.max_new_tokens = {r.b0 * cfg.sampling.max_new_tokens}"
                         " (the initial chains must fit)")
+    if r.prefix_cache_mb and r.scheduler != "continuous":
+        problems.append(f"rollout.prefix_cache_mb: got {r.prefix_cache_mb}, but only "
+                        "rollout.scheduler=continuous reuses prefixes; set it to 0 or use the "
+                        "continuous scheduler")
     if not cfg.rollout.step_delimiter:
         problems.append("rollout.step_delimiter: expected a non-empty string")
     return problems

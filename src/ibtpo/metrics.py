@@ -116,6 +116,10 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/decode_steps": "rollout.scheduler=continuous: batched one-token decode forwards "
                             "this step",
     "rollout/rows_in_flight": "rollout.scheduler=continuous: mean rows per decode forward",
+    "rollout/prefix_hits": "rollout.prefix_cache_mb > 0: continuations that started from a "
+                           "cached prefix instead of a prefill",
+    "rollout/prefix_tokens": "rollout.prefix_cache_mb > 0: prefix positions those continuations "
+                             "did not re-encode",
     "time/generate_s": "seconds spent in engine.generate this step",
     "time/reward_s": "seconds spent in the reward function this step",
     "rollout/reward_errors": "completions whose reward function raised (scored None; see "

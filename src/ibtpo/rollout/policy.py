@@ -27,7 +27,8 @@ def rollout_params(cfg: Config) -> RolloutParams:
         scorer=r.scorer, b0=r.b0, rounds=1 if independent else r.rounds, k=r.k, bn=r.bn,
         max_new_tokens=cfg.sampling.max_new_tokens, step_delimiter=r.step_delimiter,
         merge_identical_steps=r.merge_identical_steps, branch_from_root=r.branch_from_root,
-        beta=cfg.advantage.beta, prob_norm=r.prob_norm, token_budget=r.token_budget)
+        beta=cfg.advantage.beta, prob_norm=r.prob_norm, token_budget=r.token_budget,
+        prefix_cache_mb=r.prefix_cache_mb)
 
 
 def sampling_params(cfg: Config) -> SamplingParams:

@@ -20,11 +20,16 @@ How rows join and leave (the cache is the engine's: `DecodeState` over `Prealloc
   without bound while rows come and go;
 - at most `engine.batch_size` rows are live; further rows wait in a queue, first in first out;
 - a row's token t is drawn at the uniform of (its key, t) (`ibtpo.rollout.streams`), as in
-  `Engine.generate`, so a row samples the same tokens in whatever batch it runs.
+  `Engine.generate`, so a row samples the same tokens in whatever batch it runs;
+- with a prefix cache (`rollout.prefix_cache_mb` > 0, `ibtpo.rollout.prefix_cache`), a row that
+  stops leaves its cache there, and a queued row whose prefix but its last token is covered by an
+  entry joins from that entry instead of a prefill: it is *pending* for one decode step, which
+  feeds its last prefix token with the running rows (nothing is sampled for it at that step).
 Only caches of plain full-attention layers (`PreallocLayer`) can be joined; a model with sliding-
 window or other special layers raises and needs `rollout.scheduler=sync`.
 Stats of a run: decode_steps (batched one-token forwards), row_steps (rows summed over them),
-prefills (join forwards), joins (rows that joined while other rows were decoding), max_rows.
+prefills (join forwards), joins (rows that joined while other rows were decoding), max_rows,
+prefix_hits (rows that joined from the prefix cache) and prefix_tokens (the positions they reused).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 
 from ibtpo.rollout import engine as eng
 from ibtpo.rollout.engine import DecodeState, PreallocLayer, Sample, SamplingParams
+from ibtpo.rollout.prefix_cache import Entry, PrefixCache
 
 
 @dataclass
@@ -61,13 +67,15 @@ class Live:
     done: torch.Tensor  # (N,) new tokens recorded
     limit: torch.Tensor  # (N,) generation limits
     stopped: torch.Tensor  # (N,) bool
+    pending: torch.Tensor  # (N,) bool: joined from the prefix cache, last prefix token not fed
     tokens: torch.Tensor  # (N, W)
     logprobs: torch.Tensor  # (N, W)
     entropies: torch.Tensor  # (N, W)
     tags: list
+    prefixes: list  # each row's prefix (token ids)
 
-    PER_ROW = ("logits", "last", "keys", "done", "limit", "stopped", "tokens", "logprobs",
-               "entropies")
+    PER_ROW = ("logits", "last", "keys", "done", "limit", "stopped", "pending", "tokens",
+               "logprobs", "entropies")
 
     def __len__(self) -> int:
         return len(self.tags)
@@ -77,7 +85,9 @@ class Live:
         self.state.select(keep)
         for name in self.PER_ROW:
             setattr(self, name, getattr(self, name)[keep])
-        self.tags = [self.tags[i] for i in keep.tolist()]
+        keep = keep.tolist()
+        self.tags = [self.tags[i] for i in keep]
+        self.prefixes = [self.prefixes[i] for i in keep]
 
     def room(self) -> int:
         """Cache positions the live rows may still need."""
@@ -152,7 +162,35 @@ def concat(a: Live, b: Live) -> Live:
             x, y = pad_slots(x, width), pad_slots(y, width)
         setattr(a, name, torch.cat([x, y]))
     a.tags = a.tags + b.tags
+    a.prefixes = a.prefixes + b.prefixes
     return a
+
+
+def cache_from_kv(model, keys: list[torch.Tensor], values: list[torch.Tensor], room: int):
+    """A cache of `model` holding (N, H, T, D) `keys` and `values` per layer, `room` free
+    positions after them."""
+    cache = eng.make_cache(model, 1)
+    if len(cache.layers) != len(keys):
+        raise ValueError(f"prefix cache: {len(keys)} cached layers for a model of "
+                         f"{len(cache.layers)}")
+    for layer, k, v in zip(cache.layers, keys, values):
+        if type(layer) is not PreallocLayer:
+            layer_kv(layer)  # raises: only full-attention caches are joined
+        layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
+        set_kv(layer, k, v, room)
+    return cache
+
+
+def row_kv(state: DecodeState, i: int, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Copies of row i's last `n` cached positions (its real ones: a row's positions are
+    contiguous and end at the last column), (H, n, D) keys and values per layer."""
+    ks, vs = [], []
+    for layer in state.cache.layers:
+        k, v = layer_kv(layer)
+        t = k.shape[2]
+        ks.append(k[i, :, t - n:].clone())
+        vs.append(v[i, :, t - n:].clone())
+    return ks, vs
 
 
 # ----------------------------------------------------------------------------- the pool
@@ -162,15 +200,17 @@ class RowPool:
     """Continuous batching over a built-in `Engine` (its model, stop ids, padding, batch size and
     drop fraction)."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, prefix_cache_bytes: int = 0):
         for name in ("model", "stop_ids", "pad_token_id", "batch_size", "drop_fraction"):
             if not hasattr(engine, name):
                 raise ValueError(f"rollout.scheduler: 'continuous' needs the built-in engine "
                                  f"(ibtpo.rollout.engine.Engine), got {type(engine).__name__} "
                                  f"without `{name}`; use rollout.scheduler=sync")
         self.engine = engine
+        self.prefix_cache_bytes = prefix_cache_bytes
+        self.prefix_cache: PrefixCache | None = None  # one per run: the policy changes after it
         self.stats = dict.fromkeys(("decode_steps", "row_steps", "prefills", "joins",
-                                    "max_rows"), 0)
+                                    "max_rows", "prefix_hits", "prefix_tokens"), 0)
 
     def run(self, rows: list[Row], sampling: SamplingParams,
             on_finish: Callable[[list[tuple[object, Sample]]], list[Row]]) -> dict:
@@ -182,11 +222,14 @@ class RowPool:
         model = self.engine.model
         was_training = model.training
         model.eval()
+        if self.prefix_cache_bytes > 0:
+            self.prefix_cache = PrefixCache(self.prefix_cache_bytes)
         try:
             with torch.inference_mode():
                 self.loop(rows, sampling, on_finish)
         finally:
             model.train(was_training)
+            self.prefix_cache = None
         return dict(self.stats)
 
     def loop(self, rows, sampling, on_finish) -> None:
@@ -199,6 +242,7 @@ class RowPool:
                 return
             ends = self.sample_step(live, sampling)
             if ends:
+                self.keep_prefixes(live, ends)
                 samples = self.harvest(live, ends)
                 finished = [(live.tags[i], s) for i, s in zip(ends, samples)]
                 self.enqueue(queue, on_finish(finished), sampling, on_finish)
@@ -207,6 +251,7 @@ class RowPool:
                 self.stats["decode_steps"] += 1
                 self.stats["row_steps"] += len(live)
                 live.logits = eng.extend(self.engine.model, live.state, live.last)
+                live.pending.zero_()
 
     def enqueue(self, queue: deque, rows: list[Row], sampling, on_finish) -> None:
         """Queue `rows`; rows with nothing to generate finish at once."""
@@ -224,21 +269,64 @@ class RowPool:
         free = self.engine.batch_size - (0 if live is None else len(live))
         if not queue or free <= 0:
             return live
-        new = self.start([queue.popleft() for _ in range(min(free, len(queue)))])
-        if live is None:
-            return new
-        self.stats["joins"] += len(new)
-        live = concat(live, new)
-        self.stats["max_rows"] = max(self.stats["max_rows"], len(live))
+        rows = [queue.popleft() for _ in range(min(free, len(queue)))]
+        hits = [self.prefix_cache.lookup(r.prefix[:-1]) if self.prefix_cache else None
+                for r in rows]
+        for group in (self.start([r for r, h in zip(rows, hits) if h is None]),
+                      self.start_cached([(r, h) for r, h in zip(rows, hits) if h is not None])):
+            if group is None:
+                continue
+            if live is None:
+                live = group
+                continue
+            self.stats["joins"] += len(group)
+            live = concat(live, group)
+            self.stats["max_rows"] = max(self.stats["max_rows"], len(live))
         return live
 
-    def start(self, rows: list[Row]) -> Live:
-        """Prefill `rows` into a `Live` of their own."""
+    def start(self, rows: list[Row]) -> Live | None:
+        """Prefill `rows` into a `Live` of their own (None when there are none)."""
+        if not rows:
+            return None
         width = max(r.limit for r in rows)
         logits, state = eng.prefill(self.engine.model, [r.prefix for r in rows],
                                     self.engine.pad_token_id, width)  # (n, V)
         self.stats["prefills"] += 1
         self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
+        return self.new_live(rows, state, logits, pending=False)
+
+    def start_cached(self, hits: list[tuple[Row, Entry]]) -> Live | None:
+        """`rows` from their prefix-cache entries (the cached keys and values of all but each
+        prefix's last token, left-padded to one length), pending (None when there are none)."""
+        if not hits:
+            return None
+        rows = [r for r, _ in hits]
+        lens = [len(r.prefix) - 1 for r in rows]
+        t, room = max(lens), max(r.limit for r in rows) + 1
+        n_layers = len(hits[0][1].keys)
+        pad = [(0, 0, t - m, 0) for m in lens]
+        keys = [torch.stack([F.pad(e.keys[li][:, :m], p) for (_, e), m, p in zip(hits, lens, pad)])
+                for li in range(n_layers)]  # L x (n, H, T, D)
+        values = [torch.stack([F.pad(e.values[li][:, :m], p)
+                               for (_, e), m, p in zip(hits, lens, pad)])
+                  for li in range(n_layers)]  # L x (n, H, T, D)
+        device = keys[0].device
+        mask = torch.tensor([[0] * (t - m) + [1] * m for m in lens], device=device)  # (n, T)
+        state = DecodeState(cache=cache_from_kv(self.engine.model, keys, values, room),
+                            attention_mask=mask, next_pos=mask.sum(-1),
+                            rows=torch.arange(len(rows), device=device))
+        self.stats["prefix_hits"] += len(rows)
+        self.stats["prefix_tokens"] += sum(lens)
+        vocab = self.engine.model.get_output_embeddings().weight.shape[0]
+        logits = torch.zeros((len(rows), vocab), device=device)  # (n, V) unused: pending
+        live = self.new_live(rows, state, logits, pending=True)
+        live.last = torch.tensor([r.prefix[-1] for r in rows], device=device)  # fed next
+        return live
+
+    def new_live(self, rows: list[Row], state: DecodeState, logits: torch.Tensor,
+                 pending: bool) -> Live:
+        """A `Live` of `rows` over `state`, nothing generated yet."""
+        width = max(r.limit for r in rows)
         device, n = logits.device, len(rows)
         zeros = torch.zeros((n, width), device=device)  # (n, W)
         return Live(state=state, logits=logits,
@@ -247,21 +335,35 @@ class RowPool:
                     done=torch.zeros(n, dtype=torch.long, device=device),
                     limit=torch.tensor([r.limit for r in rows], device=device),
                     stopped=torch.zeros(n, dtype=torch.bool, device=device),
+                    pending=torch.full((n,), pending, dtype=torch.bool, device=device),
                     tokens=zeros.long(), logprobs=zeros, entropies=zeros.clone(),
-                    tags=[r.tag for r in rows])
+                    tags=[r.tag for r in rows], prefixes=[r.prefix for r in rows])
+
+    def keep_prefixes(self, live: Live, ends: list[int]) -> None:
+        """Put the cache of the rows `ends` (just stopped: every position but the token that
+        stopped them is cached) in the prefix cache, when there is one."""
+        if self.prefix_cache is None:
+            return
+        mask_len = live.state.attention_mask.sum(-1)  # (N,)
+        for i in ends:
+            done = int(live.done[i])
+            tokens = live.prefixes[i] + live.tokens[i, :done - 1].tolist()
+            assert int(mask_len[i]) == len(tokens), "a row's cache covers its fed tokens"
+            self.prefix_cache.put(tokens, *row_kv(live.state, i, len(tokens)))
 
     def sample_step(self, live: Live, sampling: SamplingParams) -> list[int]:
         """Draw every row's next token, record it for the rows still going; return the rows that
         stop at it."""
         tok, lp, ent = eng.next_tokens(live.logits, sampling, live.keys, live.done)  # (N,) each
-        going = (~live.stopped).nonzero()[:, 0]
+        active = ~live.stopped & ~live.pending  # pending rows have no logits yet
+        going = active.nonzero()[:, 0]
         at = live.done[going]
         live.tokens[going, at], live.logprobs[going, at] = tok[going], lp[going]
         live.entropies[going, at] = ent[going]
         live.done[going] = at + 1
-        live.last = tok
+        live.last = torch.where(live.pending, live.last, tok)
         stop_ids = torch.tensor(self.engine.stop_ids, device=tok.device)  # (S,)
-        ends = ~live.stopped & (torch.isin(tok, stop_ids) | (live.done >= live.limit))
+        ends = active & (torch.isin(tok, stop_ids) | (live.done >= live.limit))
         live.stopped |= ends
         return ends.nonzero()[:, 0].tolist()
 

@@ -62,11 +62,12 @@ class RolloutParams:
     beta: float = 5.0  # IB trade-off, for the "ib" scorer
     prob_norm: str = "mean"  # pi_bar normalisation: mean | sum | sibling
     token_budget: int = 0  # generated tokens per prompt, never exceeded; 0 = no budget
+    prefix_cache_mb: int = 0  # continuous scheduler: branch-prefix KV reuse cap; 0 = off
 
     def __post_init__(self) -> None:
         get_scorer(self.scorer)
         for name, low in (("b0", 1), ("rounds", 1), ("k", 0), ("bn", 1), ("max_new_tokens", 0),
-                          ("token_budget", 0)):
+                          ("token_budget", 0), ("prefix_cache_mb", 0)):
             if getattr(self, name) < low:
                 raise ValueError(
                     f"{name}: expected an integer >= {low}, got {getattr(self, name)!r}")

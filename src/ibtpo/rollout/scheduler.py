@@ -20,7 +20,10 @@ to the last bits a different batch gives a row's sums (`tests/test_scheduler.py`
 
 Metrics: those of `sample_trees` (rollout/rounds is the most rounds any tree ran), plus, for
 `continuous` only: rollout/joins (continuations that joined while others were decoding),
-rollout/rows_in_flight (mean rows per decode step), rollout/decode_steps.
+rollout/rows_in_flight (mean rows per decode step), rollout/decode_steps; with
+`rollout.prefix_cache_mb` > 0 (branch-prefix KV reuse, `ibtpo.rollout.prefix_cache`) also
+rollout/prefix_hits (continuations that started from a cached prefix) and rollout/prefix_tokens
+(the positions they did not re-encode).
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ def grow_trees_continuously(engine, prompts: list[list[int]], prompt_texts: list
     stats = dict.fromkeys(["rollout/generated_tokens", "rollout/unscorable", "rollout/rounds",
                            "rollout/branches", "time/generate_s", "time/reward_s"], 0.0)
     growth = ContinuousGrowth(trees, tree_keys, ctx, stats, progress)
-    pool = RowPool(engine)
+    pool = RowPool(engine, params.prefix_cache_mb * 2**20)
     t0 = time.perf_counter()
     run = pool.run(growth.first_rows(), sampling, growth.on_finish)
     stats["time/generate_s"] = time.perf_counter() - t0 - growth.callback_s
@@ -161,6 +164,9 @@ def grow_trees_continuously(engine, prompts: list[list[int]], prompt_texts: list
     stats["rollout/joins"] = float(run["joins"])
     stats["rollout/decode_steps"] = float(run["decode_steps"])
     stats["rollout/rows_in_flight"] = run["row_steps"] / max(run["decode_steps"], 1)
+    if params.prefix_cache_mb:
+        stats["rollout/prefix_hits"] = float(run["prefix_hits"])
+        stats["rollout/prefix_tokens"] = float(run["prefix_tokens"])
     return trees, stats
 
 
