@@ -272,16 +272,13 @@ class RowPool:
         rows = [queue.popleft() for _ in range(min(free, len(queue)))]
         hits = [self.prefix_cache.lookup(r.prefix[:-1]) if self.prefix_cache else None
                 for r in rows]
+        if live is not None:  # rows that join while others are decoding
+            self.stats["joins"] += len(rows)
         for group in (self.start([r for r, h in zip(rows, hits) if h is None]),
                       self.start_cached([(r, h) for r, h in zip(rows, hits) if h is not None])):
-            if group is None:
-                continue
-            if live is None:
-                live = group
-                continue
-            self.stats["joins"] += len(group)
-            live = concat(live, group)
-            self.stats["max_rows"] = max(self.stats["max_rows"], len(live))
+            if group is not None:
+                live = group if live is None else concat(live, group)
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(live))
         return live
 
     def start(self, rows: list[Row]) -> Live | None:
@@ -292,7 +289,6 @@ class RowPool:
         logits, state = eng.prefill(self.engine.model, [r.prefix for r in rows],
                                     self.engine.pad_token_id, width)  # (n, V)
         self.stats["prefills"] += 1
-        self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
         return self.new_live(rows, state, logits, pending=False)
 
     def start_cached(self, hits: list[tuple[Row, Entry]]) -> Live | None:
