@@ -3,16 +3,19 @@
     .venv/bin/python benchmarks/hw_efficiency.py [--config ibtpo] [--model DIR] [--steps 3]
                                                  [--quick] [--set section.key=value ...]
 
-1. Matmul throughput in fp32 and bf16 with torch's current thread count: the best of a square
-   2048^3 product and the `tiny` preset's shapes (4096 x 256 x 768 and 4096 x 768 x 256); the best
-   is "the measured peak" of that precision.
+1. Matmul throughput in fp32 (and in bf16 when training runs in bf16) with torch's current thread
+   count: the best of a square 2048^3 product and the `tiny` preset's shapes (4096 x 256 x 768 and
+   4096 x 768 x 256); the best is "the measured peak" of that precision. (On the portable AVX2
+   kernels, `model.kernels=portable`, the default, bf16 matmuls have no hardware path: a few
+   GFLOP/s.)
 2. One trainer from the config (default: `ibtpo`, packed trees, the testbed's warm-up; `--set
    train.autocast=bf16` measures bf16). After one untimed step, for each of `--steps` steps:
-   - generation: the step's trees are grown once timed, then again from the same RNG states under
-     `torch.utils.flop_counter.FlopCounterMode` (same samples, so the same FLOPs);
-   - training: the reference forward and the update (forward + backward of every micro-batch,
-     clip, AdamW) are timed; their FLOPs are counted on one more forward + backward of the same
-     batch (gradients discarded).
+   - generation: the step's trees are grown once timed, then again under
+     `torch.utils.flop_counter.FlopCounterMode` (trees are keyed by the step: same samples, so
+     the same FLOPs);
+   - training: the batch layout with its reference forward and the update (forward + backward of
+     every micro-batch, clip, AdamW) are timed; their FLOPs are counted on one more layout and
+     forward + backward of the same trees (gradients discarded).
    FLOPs are those executed (attention over masked positions included, the counter's own rules).
 Printed: GFLOP/s of training and generation and their share of the matching peak (the target of
 issue 10: training >= 50% of the peak of the precision used).
@@ -58,9 +61,12 @@ def matmul_gflops(n: int, k: int, m: int, dtype: torch.dtype, seconds: float = 1
     return 2 * n * k * m * reps / (time.perf_counter() - t0) / 1e9
 
 
-def peaks(seconds: float) -> dict[str, float]:
+def peaks(seconds: float, names: tuple[str, ...]) -> dict[str, float]:
+    """The measured peak of each precision in `names` ('fp32', 'bf16')."""
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name not in names:
+            continue
         rates = [matmul_gflops(*shape, dtype, seconds) for shape in SHAPES]
         print(f"matmul {name}: " + ", ".join(f"{'x'.join(map(str, s))} {r:.0f}"
                                              for s, r in zip(SHAPES, rates)) + " GFLOP/s")
@@ -75,30 +81,26 @@ def counted(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def grow(trainer: Trainer, problems, state):
-    trainer.rng.setstate(state[0])
-    trainer.generator.set_state(state[1])
-    return trainer.policy.grow_trees(trainer.cfg, problems, trainer.rng, trainer.generator)
-
-
 def measure_step(trainer: Trainer) -> dict:
+    """One step's generation and training: seconds and FLOP/s (trees are keyed by the step, so
+    growing them twice gives the same trees)."""
     problems = trainer.task.train_batch(trainer.cfg.train.prompts_per_step, trainer.problem_rng)
-    state = (trainer.rng.getstate(), trainer.generator.get_state())
-    trees, m = grow(trainer, problems, state)
-    gen_flops = counted(lambda: grow(trainer, problems, state))
-    batch = trainer.make_batch(trees)
+    trees, m = trainer.rollout(problems)
+    gen_flops = counted(lambda: trainer.rollout(problems))
     t0 = time.perf_counter()
-    trainer.reference_logprobs(batch)
-    advantages, _ = trainer.estimator(trees, trainer.adv_params)
-    batch = trainer.assign_advantages(batch, trees, advantages)
-    trainer.update(batch)
+    batches, _ = trainer.prepare_batches(trees)  # layout, reference log-probs, advantages
+    trainer.update(batches)
     train_s = time.perf_counter() - t0
-    ref = batch.ref_logprobs
-    train_flops = counted(lambda: (trainer.reference_logprobs(batch), train_pass(trainer, batch)))
-    batch.ref_logprobs = ref
+
+    def train_work():
+        for batch in trainer.prepare_batches(trees)[0]:
+            train_pass(trainer, batch)
+
+    train_flops = counted(train_work)
+    trainer.step += 1
     return {"gen_gflops": gen_flops / m["time/generate_s"] / 1e9, "gen_s": m["time/generate_s"],
             "train_gflops": train_flops / train_s / 1e9, "train_s": train_s,
-            "tokens": batch.num_tokens}
+            "tokens": sum(b.num_tokens for b in batches)}
 
 
 def main(argv=None) -> None:
@@ -107,16 +109,16 @@ def main(argv=None) -> None:
     if args.quick:
         args.steps = 1
     print(f"torch threads {torch.get_num_threads()}")
-    peak = peaks(0.3 if args.quick else 1.0)
     with tempfile.TemporaryDirectory() as out:
         extra = [f"train.out_dir={out}", "train.tensorboard=false", f"train.init={args.model}"]
         extra += ["train.prompts_per_step=8"] if args.quick else []
         trainer = Trainer(load_config([resolve_config_path(args.config)], extra + args.set),
                           progress=False)
+        prec = "bf16" if trainer.cfg.train.autocast == "bf16" else "fp32"
+        peak = peaks(0.3 if args.quick else 1.0, ("fp32", prec))
         trainer.train_step()  # untimed
         rows = [measure_step(trainer) for _ in range(args.steps)]
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    prec = "bf16" if trainer.cfg.train.autocast == "bf16" else "fp32"
     print(f"\nconfig {args.config}  model {trainer.cfg.train.init}  packed "
           f"{trainer.cfg.train.pack_trees}  training precision {prec}  (medians of {args.steps})")
     print(f"{'what':12s} {'seconds':>8s} {'GFLOP/s':>8s} {'peak':>6s} {'share':>6s}")
