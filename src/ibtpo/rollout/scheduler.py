@@ -16,7 +16,10 @@ generation limits, token budget and tie-breaking stream), responses hung in requ
 same `TreeStreams` numbering of continuation keys; every token is drawn at the uniform of (its
 continuation's key, its position), whatever the batch (`ibtpo.rollout.streams`). So both grow
 the same trees from the same keys: the same tokens, branch points and rewards; log-probs agree
-to the last bits a different batch gives a row's sums (`tests/test_scheduler.py`).
+to the last bits a different batch gives a row's sums (`tests/test_scheduler.py`). One exception:
+candidates whose scores are equal in exact arithmetic (sibling steps with identical tokens) are
+told apart by those last bits, so the two may branch from different ones of them (4 of 64 trees
+on the testbed at 64 prompts per step; docs/PERFORMANCE.md, "Ties break on last bits").
 
 Metrics: those of `sample_trees` (rollout/rounds is the most rounds any tree ran), plus, for
 `continuous` only: rollout/joins (continuations that joined while others were decoding),
