@@ -37,15 +37,18 @@ accuracy reaches 0.4; seeded and not timed).
   within the interval). Since then every sampled token is drawn from an integer counter-based
   stream (`rollout/streams.py`) instead of torch's exponential kernel (which calls MKL's random
   number library); whether that removes IB-TPO's difference is not measured (no second machine).
-- *Studies 2–3 below ran before the kernels were pinned and before per-row streams*, from the
-  575-step warm-up, with another sampler: their figures are of that code. Rerunning them
-  (`make evidence`) starts from the 425-step warm-up and writes committed run records. *Study 1*
-  was rerun on the 425-step warm-up and per-row streams (its date below). *Study 4* runs on
-  today's code; each of its runs is a committed record (benchmarks/results/runs/) with its code
-  version and warm-up digest, reused on any machine only when both match (or when
-  `benchmarks/equivalence.py` showed its code version to compute what today's does: the pairs in
-  results/runs/equivalent.json), and its final weights digest, so a rerun elsewhere can check
-  bit-identity run by run.
+  One cause remains: sibling steps with identical tokens have IB-Scores equal in exact arithmetic,
+  told apart by the last bits of their log-probs, so kernels that round differently may branch
+  from the other one (seen between the two schedulers: docs/PERFORMANCE.md, "Ties break on last
+  bits").
+- *Every study below runs on the 425-step warm-up and per-row streams.* Studies 2–4 are made of
+  committed run records (benchmarks/results/runs/), each with its resolved config, code version,
+  warm-up digest and final weights digest. A study reuses a record on any machine only when its
+  config and warm-up match and its code version is today's (or one that
+  `benchmarks/equivalence.py` showed to compute what today's does: the pairs in
+  results/runs/equivalent.json); a stale record is rerun, never mixed in. A rerun elsewhere can
+  check bit-identity run by run. Studies 2–3 were first run (until 2026-12-06) on the 575-step
+  warm-up and an earlier sampler; their figures here are the rerun's.
 """
 
 
