@@ -10,7 +10,8 @@ written to `--out` and printed; the exit status is 1 when a check failed.
    when its uniform falls within the devices' last-bit differences of a CDF boundary), log-probs
    of the same tokens within 1e-4.
 3. `scheduler`: on CUDA, the continuous scheduler grows the synchronous one's trees (same tokens,
-   branch points, rewards; log-probs within 1e-4).
+   branch points, rewards; log-probs within 1e-4), without and with prefix KV reuse
+   (`rollout.prefix_cache_mb`).
 4. `flex`: packed trees (`training.packing`) through the model with FlexAttention
    (`tree_block_mask`, attn_implementation "flex_attention") against SDPA with the dense boolean
    mask: logits within 1e-4 (fp32), and the gradient of the summed log-probs within 1e-3
@@ -18,9 +19,9 @@ written to `--out` and printed; the exit status is 1 when a check failed.
 5. `bf16`: the engine on a bf16 model (finite fp32 log-probs); one training step with
    `train.autocast=bf16` (finite loss).
 6. step times on the `tiny` preset (fresh weights, the built-in task): GRPO, IB-TPO with the
-   synchronous and the continuous scheduler, one untimed step each then `--steps` alternating
-   timed steps: medians of seconds per step, rollout seconds, seconds per 1k generated tokens, and
-   P4 = IB-TPO / GRPO seconds per 1k generated tokens.
+   synchronous and the continuous scheduler (also with prefix KV reuse), one untimed step each
+   then `--steps` alternating timed steps: medians of seconds per step, rollout seconds, seconds
+   per 1k generated tokens, and P4 = IB-TPO / GRPO seconds per 1k generated tokens.
 `--smoke` (automatic without CUDA): on CPU, the `nano` preset, 2 prompts of 8-token responses,
 one timed step, no FlexAttention (torch has no FlexAttention backward on CPU, and its CPU forward
 compiles for ~30 s). The test suite runs it (tests/test_gpu_check.py); nothing there needs a GPU.
@@ -114,32 +115,41 @@ def check_engine(args) -> str:
     return f"greedy equal, log-probs within {worst:.1e}; sampled rows equal to CPU's: {same:.0%}"
 
 
-def grow_both(args, **kw):
-    """The same trees grown by both schedulers on the device."""
+def grow_both(args, prefix_cache_mb: int = 0, **kw):
+    """The same trees grown by both schedulers on the device (the continuous one with prefix KV
+    reuse when `prefix_cache_mb`)."""
     model = random_llama(args.device)
     params = RolloutParams(max_new_tokens=10 if args.smoke else 24, **kw)
+    reuse = RolloutParams(max_new_tokens=params.max_new_tokens, prefix_cache_mb=prefix_cache_mb,
+                          **kw)
     decode = lambda ids: "".join("\n" if 3 <= i < 10 else chr(97 + i % 26) for i in ids)  # noqa
     reward = lambda prompts, completions, **_: [float(len(c) % 2 == 0) for c in completions]  # noqa
     out = []
-    for grow in (sample_trees, grow_trees_continuously):
+    for grow, p in ((sample_trees, params), (grow_trees_continuously, reuse)):
         trees, m = grow(Engine(model, EOS, PAD), PREFIXES, ["p"] * 4, None, reward, decode,
-                        params, SamplingParams(), keys(4, 1))
+                        p, SamplingParams(), keys(4, 1))
         out.append((trees, m))
     return out
 
 
 def check_scheduler(args) -> str:
-    """Continuous and synchronous schedulers grow the same trees on the device."""
-    (a, _), (b, m) = grow_both(args, scorer="ib", b0=2, rounds=3 if args.smoke else 5)
-    worst = 0.0
-    for ta, tb in zip(a, b):
-        na, nb = ta.nodes(), tb.nodes()
-        assert [(n.token_ids, n.reward) for n in na] == [(n.token_ids, n.reward) for n in nb]
-        assert [na.index(n) for n in ta.branch_points] == [nb.index(n) for n in tb.branch_points]
-        worst = max([worst] + [abs(x - y) for p, q in zip(na, nb)
-                               for x, y in zip(p.logprobs, q.logprobs)])
+    """Continuous and synchronous schedulers grow the same trees on the device, also with
+    prefix KV reuse."""
+    worst, notes = 0.0, []
+    for mb in (0, 1):
+        (a, _), (b, m) = grow_both(args, prefix_cache_mb=mb, scorer="ib", b0=2,
+                                   rounds=3 if args.smoke else 5)
+        for ta, tb in zip(a, b):
+            na, nb = ta.nodes(), tb.nodes()
+            assert [(n.token_ids, n.reward) for n in na] == [(n.token_ids, n.reward) for n in nb]
+            assert ([na.index(n) for n in ta.branch_points]
+                    == [nb.index(n) for n in tb.branch_points])
+            worst = max([worst] + [abs(x - y) for p, q in zip(na, nb)
+                                   for x, y in zip(p.logprobs, q.logprobs)])
+        notes.append(f"{m['rollout/joins']:.0f} joins"
+                     + (f", {m['rollout/prefix_hits']:.0f} from the prefix cache" if mb else ""))
     assert worst < 1e-4, f"log-probs differ by {worst:.2e}"
-    return f"same trees; log-probs within {worst:.1e}; {m['rollout/joins']:.0f} joins"
+    return f"same trees; log-probs within {worst:.1e}; {'; with KV reuse '.join(notes)}"
 
 
 def packed_batch(args):

@@ -13,17 +13,24 @@ from ibtpo.config import ConfigError, load_config
 from ibtpo.rollout.engine import Engine, SamplingParams
 from ibtpo.rollout.pool import Row, RowPool
 from ibtpo.rollout.prefix_cache import PrefixCache
-from ibtpo.rollout.sampler import sample_trees
+from ibtpo.rollout.sampler import RolloutParams, sample_trees
 from ibtpo.rollout.scheduler import grow_trees_continuously
 from test_scheduler import (  # noqa: F401  (model: a fixture)
     BOS,
+    EOS,
+    METAS,
     PAD,
+    PROMPTS,
     SAME_KEYS,
+    TEXTS,
     TOL,
     VOCAB,
     assert_same_trees,
+    decode,
     grow,
     model,
+    reward_fn,
+    tree_keys,
 )
 
 
@@ -116,19 +123,58 @@ def test_the_continuous_scheduler_with_a_prefix_cache_grows_the_same_trees(model
     assert mc["rollout/prefix_tokens"] > mc["rollout/prefix_hits"]
 
 
-def test_a_tiny_cap_falls_back_to_prefills(model):  # noqa: F811
-    """Entries larger than the cap are not kept: same trees, no hits."""
-    kw = dict(scorer="ib", b0=2, rounds=4)
-    sync, _ = grow(sample_trees, model, **kw)
-    cont, mc = grow(grow_trees_continuously, model, prefix_cache_mb=0, **kw)
-    assert "rollout/prefix_hits" not in mc
+def test_queueing_and_greedy_with_a_prefix_cache(model):  # noqa: F811
+    """batch_size 3 (branches wait in the queue, some join a running batch from the cache) and
+    greedy decoding, with drops at every stop."""
+    params = RolloutParams(max_new_tokens=12, scorer="ib", b0=2, rounds=4, prefix_cache_mb=1)
+    sync, _ = sample_trees(Engine(model, EOS, PAD), PROMPTS, TEXTS, METAS, reward_fn, decode,
+                           params, SamplingParams(temperature=0), tree_keys(1))
+    cont, m = grow_trees_continuously(Engine(model, EOS, PAD, batch_size=3, drop_fraction=0.0),
+                                      PROMPTS, TEXTS, METAS, reward_fn, decode, params,
+                                      SamplingParams(temperature=0), tree_keys(1))
     assert_same_trees(sync, cont)
-    engine = Engine(model, [VOCAB + 7], PAD)
-    pool = RowPool(engine, prefix_cache_bytes=64)  # smaller than any entry
+    # every branch hits, and so do round-0 chains that waited while a chain of their prompt ran
+    assert m["rollout/prefix_hits"] > m["rollout/branches"] > 0
+    assert m["rollout/prefix_evicted"] == 0
+
+
+def test_a_tiny_cap_falls_back_to_prefills(model):  # noqa: F811
+    """Entries larger than the cap are never kept: no hits, a prefill per start."""
+    pool = RowPool(Engine(model, [VOCAB + 7], PAD), prefix_cache_bytes=64)  # < any entry
     stats = pool.run([Row([BOS, 5, 6], 4, 1, "A")], SamplingParams(),
                      lambda f: [Row([BOS, 5, 6] + f[0][1].token_ids[:2], 3, 2, "B")]
                      if f[0][0] == "A" else [])
-    assert stats["prefix_hits"] == 0 and stats["prefills"] == 2
+    assert stats["prefix_hits"] == 0 and stats["prefills"] == 2 and stats["prefix_evicted"] == 0
+
+
+def test_an_evicted_prefix_is_prefilled(model):  # noqa: F811
+    """A cap that holds A's entry or D's, not both: D (limit 5) stops first, A's entry evicts
+    it; then B continues A (a hit) and E continues D (evicted: a prefill). Both sample what they
+    sample alone."""
+    # 2 layers x (keys, values) x 2 heads x 8 dims x 4 bytes = 256 bytes a position:
+    # D's entry 3 + 5 - 1 = 7 positions (1,792 bytes), A's 9 + 12 - 1 = 20 (5,120 bytes)
+    a, d = Row([BOS] + list(range(3, 11)), 12, 11, "A"), Row([BOS, 20, 21], 5, 14, "D")
+    got, joined = {}, {}
+
+    def on_finish(finished):
+        got.update(finished)
+        if any(tag == "A" for tag, _ in finished):
+            joined["B"] = Row(a.prefix + got["A"].token_ids[:4], 6, 12, "B")
+            joined["E"] = Row(d.prefix + got["D"].token_ids[:2], 6, 13, "E")
+            return [joined["B"], joined["E"]]
+        return []
+
+    stop = [VOCAB + 7]
+    pool = RowPool(Engine(model, stop, PAD), prefix_cache_bytes=6000)
+    stats = pool.run([a, d], SamplingParams(), on_finish)
+    assert (stats["prefix_hits"], stats["prefills"]) == (1, 2)  # B a hit, E a prefill
+    assert stats["prefix_evicted"] >= 1  # D's entry (and later ones as B and E stop)
+    for r in joined.values():
+        alone = Engine(model, stop, PAD).generate([r.prefix], r.limit, SamplingParams(),
+                                                  [r.key])[0]
+        assert got[r.tag].token_ids == alone.token_ids
+        torch.testing.assert_close(torch.tensor(got[r.tag].logprobs),
+                                   torch.tensor(alone.logprobs), atol=TOL, rtol=0)
 
 
 def test_the_config_field_needs_the_continuous_scheduler():

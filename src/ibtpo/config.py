@@ -206,8 +206,9 @@ class RolloutConfig:
     prefix_cache_mb: int = F(0, "scheduler 'continuous': keep the KV cache of finished "
                              "continuations up to this many MiB, so that a branch starts from "
                              "its prefix's cached keys and values instead of re-encoding the "
-                             "prompt and its ancestors (0 = off; same trees up to the last bits "
-                             "of the sums; ibtpo.rollout.prefix_cache)", min=0)
+                             "prompt and its ancestors (0 = off; the same trees but where the "
+                             "last bits of the sums break a tie between identical sibling "
+                             "steps; ibtpo.rollout.prefix_cache)", min=0)
 
 
 @dataclass

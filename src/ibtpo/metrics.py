@@ -120,6 +120,8 @@ METRIC_DOCS: dict[str, str] = {
                            "cached prefix instead of a prefill",
     "rollout/prefix_tokens": "rollout.prefix_cache_mb > 0: prefix positions those continuations "
                              "did not re-encode",
+    "rollout/prefix_evicted": "rollout.prefix_cache_mb > 0: cache entries evicted by the byte cap "
+                              "(> 0: a larger cap would reuse more)",
     "time/generate_s": "seconds spent in engine.generate this step",
     "time/reward_s": "seconds spent in the reward function this step",
     "rollout/reward_errors": "completions whose reward function raised (scored None; see "

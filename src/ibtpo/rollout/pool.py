@@ -29,7 +29,8 @@ Only caches of plain full-attention layers (`PreallocLayer`) can be joined; a mo
 window or other special layers raises and needs `rollout.scheduler=sync`.
 Stats of a run: decode_steps (batched one-token forwards), row_steps (rows summed over them),
 prefills (join forwards), joins (rows that joined while other rows were decoding), max_rows,
-prefix_hits (rows that joined from the prefix cache) and prefix_tokens (the positions they reused).
+prefix_hits (rows that joined from the prefix cache), prefix_tokens (the positions they reused)
+and prefix_evicted (entries the byte cap evicted).
 """
 
 from __future__ import annotations
@@ -97,21 +98,30 @@ class Live:
 # ----------------------------------------------------------------------------- cache surgery
 
 
-def layer_kv(layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cached keys and values of a layer, (N, H, T, D) each."""
+def check_joinable(layer) -> None:
+    """ValueError unless `layer` is a plain full-attention cache layer (`PreallocLayer`)."""
     if type(layer) is not PreallocLayer:
         raise ValueError(f"rollout.scheduler: 'continuous' joins rows into full-attention KV "
                          f"caches only, got a {type(layer).__name__} layer; use "
                          f"rollout.scheduler=sync for this model")
+
+
+def layer_kv(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached keys and values of a layer, (N, H, T, D) each."""
+    check_joinable(layer)
     return layer.k_buf[:, :, :layer.length], layer.v_buf[:, :, :layer.length]
 
 
 def set_kv(layer: PreallocLayer, k: torch.Tensor, v: torch.Tensor, room: int) -> None:
     """Make (N, H, T, D) keys and values the layer's cache, with `room` free positions after."""
-    t = k.shape[2]
-    layer.k_buf, layer.v_buf = F.pad(k, (0, 0, 0, room)), F.pad(v, (0, 0, 0, room))
-    layer.capacity, layer.length = t + room, t
-    layer.keys, layer.values = layer.k_buf[:, :, :t], layer.v_buf[:, :, :t]
+    set_buffers(layer, F.pad(k, (0, 0, 0, room)), F.pad(v, (0, 0, 0, room)), k.shape[2])
+
+
+def set_buffers(layer: PreallocLayer, k_buf: torch.Tensor, v_buf: torch.Tensor, t: int) -> None:
+    """Make (N, H, C, D) buffers the layer's cache, their first `t` positions filled."""
+    layer.k_buf, layer.v_buf = k_buf, v_buf
+    layer.capacity, layer.length = k_buf.shape[2], t
+    layer.keys, layer.values = k_buf[:, :, :t], v_buf[:, :, :t]
 
 
 def join_states(a: DecodeState, b: DecodeState, room: int) -> DecodeState:
@@ -166,19 +176,25 @@ def concat(a: Live, b: Live) -> Live:
     return a
 
 
-def cache_from_kv(model, keys: list[torch.Tensor], values: list[torch.Tensor], room: int):
-    """A cache of `model` holding (N, H, T, D) `keys` and `values` per layer, `room` free
-    positions after them."""
-    cache = eng.make_cache(model, 1)
-    if len(cache.layers) != len(keys):
-        raise ValueError(f"prefix cache: {len(keys)} cached layers for a model of "
+def entries_cache(model, hits: list[Entry], lens: list[int], room: int):
+    """A cache of `model` holding the first lens[j] positions of entry hits[j] in row j,
+    left-padded to the longest, with `room` free positions after them; and that length T."""
+    cache, t = eng.make_cache(model, 1), max(lens)
+    if len(cache.layers) != len(hits[0].keys):
+        raise ValueError(f"prefix cache: {len(hits[0].keys)} cached layers for a model of "
                          f"{len(cache.layers)}")
-    for layer, k, v in zip(cache.layers, keys, values):
-        if type(layer) is not PreallocLayer:
-            layer_kv(layer)  # raises: only full-attention caches are joined
-        layer.dtype, layer.device, layer.is_initialized = k.dtype, k.device, True
-        set_kv(layer, k, v, room)
-    return cache
+    for li, layer in enumerate(cache.layers):
+        check_joinable(layer)
+        bufs = []
+        for part in ("keys", "values"):
+            first = getattr(hits[0], part)[li]  # (H, T_e, D)
+            buf = first.new_zeros((len(hits), first.shape[0], t + room, first.shape[2]))
+            for j, (e, m) in enumerate(zip(hits, lens)):
+                buf[j, :, t - m:t] = getattr(e, part)[li][:, :m]
+            bufs.append(buf)  # (n, H, T + room, D)
+        layer.dtype, layer.device, layer.is_initialized = first.dtype, first.device, True
+        set_buffers(layer, *bufs, t)
+    return cache, t
 
 
 def row_kv(state: DecodeState, i: int, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -191,6 +207,12 @@ def row_kv(state: DecodeState, i: int, n: int) -> tuple[list[torch.Tensor], list
         ks.append(k[i, :, t - n:].clone())
         vs.append(v[i, :, t - n:].clone())
     return ks, vs
+
+
+def bytes_per_position(state: DecodeState) -> int:
+    """Bytes of one row's keys and values at one position, over every layer."""
+    return sum(2 * k.shape[1] * k.shape[3] * k.element_size()
+               for k, _ in map(layer_kv, state.cache.layers))
 
 
 # ----------------------------------------------------------------------------- the pool
@@ -210,7 +232,8 @@ class RowPool:
         self.prefix_cache_bytes = prefix_cache_bytes
         self.prefix_cache: PrefixCache | None = None  # one per run: the policy changes after it
         self.stats = dict.fromkeys(("decode_steps", "row_steps", "prefills", "joins",
-                                    "max_rows", "prefix_hits", "prefix_tokens"), 0)
+                                    "max_rows", "prefix_hits", "prefix_tokens",
+                                    "prefix_evicted"), 0)
 
     def run(self, rows: list[Row], sampling: SamplingParams,
             on_finish: Callable[[list[tuple[object, Sample]]], list[Row]]) -> dict:
@@ -229,6 +252,10 @@ class RowPool:
                 self.loop(rows, sampling, on_finish)
         finally:
             model.train(was_training)
+            if self.prefix_cache is not None:
+                for name, key in (("prefix_hits", "hits"), ("prefix_tokens", "reused_tokens"),
+                                  ("prefix_evicted", "evicted")):
+                    self.stats[name] += self.prefix_cache.stats[key]
             self.prefix_cache = None
         return dict(self.stats)
 
@@ -270,7 +297,7 @@ class RowPool:
         if not queue or free <= 0:
             return live
         rows = [queue.popleft() for _ in range(min(free, len(queue)))]
-        hits = [self.prefix_cache.lookup(r.prefix[:-1]) if self.prefix_cache else None
+        hits = [None if self.prefix_cache is None else self.prefix_cache.lookup(r.prefix[:-1])
                 for r in rows]
         if live is not None:  # rows that join while others are decoding
             self.stats["joins"] += len(rows)
@@ -292,29 +319,20 @@ class RowPool:
         return self.new_live(rows, state, logits, pending=False)
 
     def start_cached(self, hits: list[tuple[Row, Entry]]) -> Live | None:
-        """`rows` from their prefix-cache entries (the cached keys and values of all but each
-        prefix's last token, left-padded to one length), pending (None when there are none)."""
+        """Pending rows from their prefix-cache entries (the cached keys and values of all but
+        each row's last prefix token), None when there are none."""
         if not hits:
             return None
         rows = [r for r, _ in hits]
         lens = [len(r.prefix) - 1 for r in rows]
-        t, room = max(lens), max(r.limit for r in rows) + 1
-        n_layers = len(hits[0][1].keys)
-        pad = [(0, 0, t - m, 0) for m in lens]
-        keys = [torch.stack([F.pad(e.keys[li][:, :m], p) for (_, e), m, p in zip(hits, lens, pad)])
-                for li in range(n_layers)]  # L x (n, H, T, D)
-        values = [torch.stack([F.pad(e.values[li][:, :m], p)
-                               for (_, e), m, p in zip(hits, lens, pad)])
-                  for li in range(n_layers)]  # L x (n, H, T, D)
-        device = keys[0].device
+        cache, t = entries_cache(self.engine.model, [e for _, e in hits], lens,
+                                 room=max(r.limit for r in rows))
+        head = self.engine.model.get_output_embeddings().weight  # (V, hidden)
+        device = head.device
         mask = torch.tensor([[0] * (t - m) + [1] * m for m in lens], device=device)  # (n, T)
-        state = DecodeState(cache=cache_from_kv(self.engine.model, keys, values, room),
-                            attention_mask=mask, next_pos=mask.sum(-1),
+        state = DecodeState(cache=cache, attention_mask=mask, next_pos=mask.sum(-1),
                             rows=torch.arange(len(rows), device=device))
-        self.stats["prefix_hits"] += len(rows)
-        self.stats["prefix_tokens"] += sum(lens)
-        vocab = self.engine.model.get_output_embeddings().weight.shape[0]
-        logits = torch.zeros((len(rows), vocab), device=device)  # (n, V) unused: pending
+        logits = head.new_zeros((len(rows), head.shape[0]))  # (n, V) unused: pending
         live = self.new_live(rows, state, logits, pending=True)
         live.last = torch.tensor([r.prefix[-1] for r in rows], device=device)  # fed next
         return live
@@ -340,12 +358,12 @@ class RowPool:
         stopped them is cached) in the prefix cache, when there is one."""
         if self.prefix_cache is None:
             return
-        mask_len = live.state.attention_mask.sum(-1)  # (N,)
-        for i in ends:
-            done = int(live.done[i])
-            tokens = live.prefixes[i] + live.tokens[i, :done - 1].tolist()
-            assert int(mask_len[i]) == len(tokens), "a row's cache covers its fed tokens"
-            self.prefix_cache.put(tokens, *row_kv(live.state, i, len(tokens)))
+        idx = torch.tensor(ends, device=live.done.device)
+        per_position = bytes_per_position(live.state)
+        for i, done, tokens in zip(ends, live.done[idx].tolist(), live.tokens[idx].tolist()):
+            fed = live.prefixes[i] + tokens[:done - 1]
+            if self.prefix_cache.admits(len(fed) * per_position):
+                self.prefix_cache.put(fed, *row_kv(live.state, i, len(fed)))
 
     def sample_step(self, live: Live, sampling: SamplingParams) -> list[int]:
         """Draw every row's next token, record it for the rows still going; return the rows that

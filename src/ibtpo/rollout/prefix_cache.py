@@ -12,9 +12,12 @@ policy changes after it); past the byte cap the least recently used entries are 
 
 Shape letters: L layers, H key/value heads, T cached positions, D head size.
 
-Numbers: a position's keys and values depend only on the tokens before it, so a reused row computes
-what a prefilled one computes up to the last bits that a decode step's shapes give the sums (not
-bit for bit: hence opt-in; `tests/test_prefix_cache.py` bounds the difference on the test model).
+Numbers: a position's keys and values depend only on its token and the tokens before it, so a
+reused row computes what a prefilled one computes up to the last bits that a decode step's shapes
+give the sums (not bit for bit: hence opt-in; `tests/test_prefix_cache.py` bounds the difference on
+the test model). Those bits can still tell apart candidates whose IB-Scores tie in exact arithmetic
+(sibling steps with identical tokens), so a run's trees may part from the default's there
+(docs/PERFORMANCE.md, "Ties break on last bits").
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def admits(self, nbytes: int) -> bool:
+        """Whether an entry of `nbytes` can be kept (check before copying one)."""
+        return 0 < nbytes <= self.max_bytes
+
     def put(self, tokens: list[int], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         """Keep the cache of `tokens` (one (H, T, D) key and value tensor per layer, T =
         len(tokens)); an entry larger than the cap is not kept."""
@@ -60,7 +67,7 @@ class PrefixCache:
                 raise ValueError(f"prefix cache: expected (H, {len(tokens)}, D) keys and values "
                                  f"per layer, got {tuple(t.shape)}")
         entry = Entry(list(tokens), keys, values)
-        if not tokens or entry.nbytes > self.max_bytes:
+        if not tokens or not self.admits(entry.nbytes):
             return
         key = tuple(tokens)
         if key in self.entries:
@@ -78,7 +85,7 @@ class PrefixCache:
         hit = None
         if n:
             for key in reversed(self.entries):
-                if len(key) >= n and key[:n] == want:
+                if len(key) >= n and key[n - 1] == want[-1] and key[:n] == want:
                     hit = key
                     break
         if hit is None:

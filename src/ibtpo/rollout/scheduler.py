@@ -25,8 +25,8 @@ Metrics: those of `sample_trees` (rollout/rounds is the most rounds any tree ran
 `continuous` only: rollout/joins (continuations that joined while others were decoding),
 rollout/rows_in_flight (mean rows per decode step), rollout/decode_steps; with
 `rollout.prefix_cache_mb` > 0 (branch-prefix KV reuse, `ibtpo.rollout.prefix_cache`) also
-rollout/prefix_hits (continuations that started from a cached prefix) and rollout/prefix_tokens
-(the positions they did not re-encode).
+rollout/prefix_hits (continuations that started from a cached prefix), rollout/prefix_tokens
+(the positions they did not re-encode) and rollout/prefix_evicted (entries the cap evicted).
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ def grow_trees_continuously(engine, prompts: list[list[int]], prompt_texts: list
     if params.prefix_cache_mb:
         stats["rollout/prefix_hits"] = float(run["prefix_hits"])
         stats["rollout/prefix_tokens"] = float(run["prefix_tokens"])
+        stats["rollout/prefix_evicted"] = float(run["prefix_evicted"])
     return trees, stats
 
 
