@@ -92,9 +92,11 @@ def measure_step(trainer: Trainer) -> dict:
     trainer.update(batches)
     train_s = time.perf_counter() - t0
 
-    def train_work():
-        for batch in trainer.prepare_batches(trees)[0]:
-            train_pass(trainer, batch)
+    def train_work():  # what the timed part ran: the layout, then every update pass
+        batches, _ = trainer.prepare_batches(trees)
+        for _ in range(trainer.cfg.train.num_iterations):
+            for batch in batches:
+                train_pass(trainer, batch)
 
     train_flops = counted(train_work)
     trainer.step += 1
