@@ -6,22 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ibtpo.rollout.engine import Engine, SamplingParams, draw, extend, prefill, truncate
 from ibtpo.rollout.streams import uniforms
 from ibtpo.seeding import stream_key
+from toy import EOS, PAD, VOCAB
+from toy import random_llama as tiny_model
 
-VOCAB, PAD, EOS = 40, 0, 2
 NO_EOS = VOCAB + 7  # an id outside the vocabulary: never sampled, so rows stop by length only
-
-
-def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS)
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")

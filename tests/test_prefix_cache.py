@@ -151,8 +151,8 @@ def test_an_evicted_prefix_is_prefilled(model):  # noqa: F811
     """A cap that holds A's entry or D's, not both: D (limit 5) stops first, A's entry evicts
     it; then B continues A (a hit) and E continues D (evicted: a prefill). Both sample what they
     sample alone."""
-    # 2 layers x (keys, values) x 2 heads x 8 dims x 4 bytes = 256 bytes a position:
-    # D's entry 3 + 5 - 1 = 7 positions (1,792 bytes), A's 9 + 12 - 1 = 20 (5,120 bytes)
+    # 256 bytes a position (tests/toy.py): D's entry 3 + 5 - 1 = 7 positions (1,792 bytes), A's
+    # 9 + 12 - 1 = 20 (5,120 bytes)
     a, d = Row([BOS] + list(range(3, 11)), 12, 11, "A"), Row([BOS, 20, 21], 5, 14, "D")
     got, joined = {}, {}
 

@@ -4,7 +4,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ibtpo.core.branching import SCORERS, get_scorer
 from ibtpo.core.tree import add_step, new_tree
@@ -12,8 +11,8 @@ from ibtpo.rollout.engine import Engine, SamplingParams
 from ibtpo.rollout.sampler import RolloutParams, TreeStreams, sample_trees, tree_requests
 from ibtpo.seeding import stream_key
 from ibtpo.training.batch import from_trees
+from toy import BOS, EOS, PAD, random_llama
 
-VOCAB, PAD, BOS, EOS = 40, 0, 1, 2
 PROMPTS = [[BOS, 12, 13], [BOS, 20, 21, 22, 23], [BOS, 30]]
 TEXTS = ["p0", "p1", "p2"]
 METAS = [{"answer": "0"}, {"answer": "1"}, {"answer": "2"}]
@@ -45,11 +44,7 @@ class CountingEngine:
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
-    return LlamaForCausalLM(cfg).eval()
+    return random_llama(0)
 
 
 def keys(seed: int) -> list[int]:

@@ -13,7 +13,6 @@ an unmasked pad moves log-probs by > 1e-2). Tokens, branch points and rewards ar
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ibtpo.config import ConfigError, load_config
 from ibtpo.rollout.engine import Engine, SamplingParams, extend, prefill
@@ -21,8 +20,8 @@ from ibtpo.rollout.pool import Row, RowPool, trim_left
 from ibtpo.rollout.sampler import RolloutParams, sample_trees
 from ibtpo.rollout.scheduler import get_scheduler, grow_trees_continuously
 from ibtpo.seeding import stream_key
+from toy import BOS, EOS, PAD, VOCAB, random_llama
 
-VOCAB, PAD, BOS, EOS = 40, 0, 1, 2
 # prompts of very different lengths, so that caches are left-padded and left-extended at joins
 PROMPTS = [[BOS, 12, 13], [BOS] + list(range(14, 33)), [BOS, 30], [BOS, 20, 21, 22, 23, 24, 25]]
 TEXTS = [f"p{i}" for i in range(len(PROMPTS))]
@@ -43,12 +42,9 @@ def reward_fn(prompts, completions, answer, **_):
 
 @pytest.fixture(scope="module")
 def model():
-    """A random tiny Llama: EOS is one id of 40, so responses stop at very different lengths."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
-    return LlamaForCausalLM(cfg).eval()
+    """The random tiny Llama (tests/toy.py): EOS is one id of 40, so responses stop at very
+    different lengths."""
+    return random_llama(0)
 
 
 def tree_keys(seed: int) -> list[int]:
