@@ -26,7 +26,7 @@ import time
 from common import RESULTS, ROOT, accepted_code, warmup, write_section
 from ibtpo.compare import run_compare
 from ibtpo.config import resolve_config_path
-from ibtpo.stats import paired_ci
+from ibtpo.stats import fmt_ci, mean_ci, paired_ci
 
 METHODS = {  # config -> what it is
     "grpo": "GRPO (independent G = 8)",
@@ -133,6 +133,41 @@ def reading(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def passk_table(results: dict) -> str:
+    """Sampled pass@k (k = 1..16, the unbiased estimator over 16 samples per held-out problem)
+    of GRPO and IB-TPO, and their paired difference, when both ran."""
+    if not all(n in results for n in MAIN):
+        return ""
+    grpo, ibtpo = (results[n] for n in MAIN)
+    lines = ["| k | GRPO pass@k | IB-TPO pass@k | Δ IB-TPO − GRPO (pt) [95% CI] |",
+             "|---|---|---|---|"]
+    for k in (1, 2, 4, 8, 16):
+        key = f"sampled_pass@{k}"
+        if not all(key in r for r in grpo + ibtpo):
+            continue
+        mean, half = paired_ci([r[key] for r in ibtpo], [r[key] for r in grpo])
+        lines.append(f"| {k} | {fmt_ci(*mean_ci([r[key] for r in grpo]))} | "
+                     f"{fmt_ci(*mean_ci([r[key] for r in ibtpo]))} | {100 * mean:+.1f} "
+                     f"[{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] |")
+    return ("\nSampled pass@k of the main pair (16 samples at T = 1 per held-out problem, "
+            f"{len(grpo)} paired seeds):\n\n" + "\n".join(lines) + "\n")
+
+
+def steps_reading(results: dict) -> str:
+    """Generated sentence on the main pair at equal optimizer steps."""
+    grpo, ibtpo = (results[n] for n in MAIN)
+    parts = []
+    for key, label in (("pass@1", "held-out pass@1"), ("sampled_pass@16", "pass@16")):
+        mean, half = paired_ci([r[key] for r in ibtpo], [r[key] for r in grpo])
+        lo, hi = 100 * (mean - half), 100 * (mean + half)
+        state = "better" if lo > 0 else "worse" if hi < 0 else "not distinguishable"
+        parts.append(f"Δ {label} {100 * mean:+.1f} pt [95% CI {lo:+.1f}, {hi:+.1f}] ({state})")
+    tokens = (statistics.mean(r["generated_tokens"] for r in ibtpo)
+              / statistics.mean(r["generated_tokens"] for r in grpo) - 1)
+    return (f"\n- At equal optimizer steps, over {len(grpo)} paired seeds, IB-TPO − GRPO: "
+            f"{'; '.join(parts)}; IB-TPO generated {100 * tokens:+.1f}% tokens.\n")
+
+
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
@@ -142,14 +177,15 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "methods.png").write_bytes((runs_dir(budget) / "compare.png").read_bytes())
     legend = "\n".join(f"- `{n}`: {METHODS[n]}" for n in names)
-    body = (f"{legend}\n\n{report}\n![training curves](methods.png)\n\n"
+    body = (f"{legend}\n\n{report}{passk_table(results)}\n![training curves](methods.png)\n\n"
             "### Reading (generated)\n\n" + reading(results))
     if all(n in results for n in MAIN):  # the main pair at GRPO's median number of steps
         steps = round(statistics.median(r["steps"] for r in results["grpo"]))
-        steps_report, _, _ = run(list(MAIN), {n: seeds[n] for n in MAIN}, budget, evals,
-                                 steps=steps)
+        steps_report, steps_results, _ = run(list(MAIN), {n: seeds[n] for n in MAIN}, budget,
+                                             evals, steps=steps)
         body += (f"\n### GRPO and IB-TPO at equal optimizer steps ({steps}, GRPO's median at "
-                 f"{budget:,} tokens)\n\n{steps_report}")
+                 f"{budget:,} tokens)\n\n{steps_report}{passk_table(steps_results)}"
+                 f"{steps_reading(steps_results)}")
     write_section("methods", "Study 2 — methods at equal generated tokens (paper Tables 1–2)",
                   body, time.perf_counter() - start,
                   {"budget": budget, "seeds": seeds, "results": results}, runs=results)
