@@ -97,6 +97,19 @@ def run(names: list[str], seeds: dict, budget: int, evals: int = EVALS, progress
                               else f"Methods at {budget:,} generated tokens"))
 
 
+def paired_points(runs: list[dict], base: list[dict], key: str) -> tuple[float, float, float]:
+    """Mean paired difference runs − base of `key` over the seeds both have, and its 95%
+    interval (NaN with one pair), in points."""
+    pairs = list(zip(runs, base))
+    mean, half = paired_ci([r[key] for r, _ in pairs], [b[key] for _, b in pairs])
+    return 100 * mean, 100 * (mean - half), 100 * (mean + half)
+
+
+def verdict(lo: float, hi: float) -> str:
+    """'better', 'worse' or 'not distinguishable' from a paired interval."""
+    return "better" if lo > 0 else "worse" if hi < 0 else "not distinguishable"
+
+
 def reading(results: dict) -> str:
     """Generated sentences: each method's paired difference to GRPO, and the IB-TPO target."""
     if "grpo" not in results:
@@ -106,17 +119,11 @@ def reading(results: dict) -> str:
         if name == "grpo":
             continue
         pairs = list(zip(runs, results["grpo"]))
-        mean, half = paired_ci([r["pass@1"] for r, _ in pairs], [b["pass@1"] for _, b in pairs])
-        lo, hi = 100 * (mean - half), 100 * (mean + half)
-        if half != half:
-            state = "one pair only: no interval"
-        elif lo > 0:
-            state = "better than GRPO"
-        elif hi < 0:
-            state = "worse than GRPO"
-        else:
-            state = "not distinguishable from GRPO"
-        line = (f"- {name} ({METHODS.get(name, name)}): Δ pass@1 {100 * mean:+.1f} pt "
+        mean, lo, hi = paired_points(runs, results["grpo"], "pass@1")
+        state = verdict(lo, hi)
+        state = ("one pair only: no interval" if lo != lo
+                 else f"{state} {'from' if state == 'not distinguishable' else 'than'} GRPO")
+        line = (f"- {name} ({METHODS.get(name, name)}): Δ pass@1 {mean:+.1f} pt "
                 f"[95% CI {lo:+.1f}, {hi:+.1f}] over {len(pairs)} paired seeds: {state}.")
         if all(r[k] == b[k] for r, b in pairs for k in ("pass@1", "avg@k", "rollout/reward_mean")):
             line += " Identical to GRPO on every seed (same rewards, same evaluations)"
@@ -145,10 +152,10 @@ def passk_table(results: dict) -> str:
         key = f"sampled_pass@{k}"
         if not all(key in r for r in grpo + ibtpo):
             continue
-        mean, half = paired_ci([r[key] for r in ibtpo], [r[key] for r in grpo])
+        mean, lo, hi = paired_points(ibtpo, grpo, key)
         lines.append(f"| {k} | {fmt_ci(*mean_ci([r[key] for r in grpo]))} | "
-                     f"{fmt_ci(*mean_ci([r[key] for r in ibtpo]))} | {100 * mean:+.1f} "
-                     f"[{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}] |")
+                     f"{fmt_ci(*mean_ci([r[key] for r in ibtpo]))} | {mean:+.1f} "
+                     f"[{lo:+.1f}, {hi:+.1f}] |")
     return ("\nSampled pass@k of the main pair (16 samples at T = 1 per held-out problem, "
             f"{len(grpo)} paired seeds):\n\n" + "\n".join(lines) + "\n")
 
@@ -158,10 +165,9 @@ def steps_reading(results: dict) -> str:
     grpo, ibtpo = (results[n] for n in MAIN)
     parts = []
     for key, label in (("pass@1", "held-out pass@1"), ("sampled_pass@16", "pass@16")):
-        mean, half = paired_ci([r[key] for r in ibtpo], [r[key] for r in grpo])
-        lo, hi = 100 * (mean - half), 100 * (mean + half)
-        state = "better" if lo > 0 else "worse" if hi < 0 else "not distinguishable"
-        parts.append(f"Δ {label} {100 * mean:+.1f} pt [95% CI {lo:+.1f}, {hi:+.1f}] ({state})")
+        mean, lo, hi = paired_points(ibtpo, grpo, key)
+        parts.append(f"Δ {label} {mean:+.1f} pt [95% CI {lo:+.1f}, {hi:+.1f}] "
+                     f"({verdict(lo, hi)})")
     tokens = (statistics.mean(r["generated_tokens"] for r in ibtpo)
               / statistics.mean(r["generated_tokens"] for r in grpo) - 1)
     return (f"\n- At equal optimizer steps, over {len(grpo)} paired seeds, IB-TPO − GRPO: "

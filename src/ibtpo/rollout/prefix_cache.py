@@ -30,10 +30,9 @@ import torch
 
 @dataclass
 class Entry:
-    """The cached positions of one finished continuation: `tokens` (T,) and per layer (H, T, D)
-    keys and values."""
+    """The cached positions of one finished continuation (its token ids are the cache's key):
+    per layer (H, T, D) keys and values."""
 
-    tokens: list[int]
     keys: list[torch.Tensor]  # L x (H, T, D)
     values: list[torch.Tensor]  # L x (H, T, D)
 
@@ -66,7 +65,7 @@ class PrefixCache:
             if t.dim() != 3 or t.shape[1] != len(tokens):
                 raise ValueError(f"prefix cache: expected (H, {len(tokens)}, D) keys and values "
                                  f"per layer, got {tuple(t.shape)}")
-        entry = Entry(list(tokens), keys, values)
+        entry = Entry(keys, values)
         if not tokens or not self.admits(entry.nbytes):
             return
         key = tuple(tokens)
