@@ -84,8 +84,9 @@ def F(default: Any, help: str, *, min: float | None = None, max: float | None = 
 
 @dataclass
 class TaskConfig:
-    name: str = F("arithmetic", "dataset: 'arithmetic' (built-in), a .jsonl/.parquet file, "
-                  "'hf:NAME_OR_DIR[:SPLIT]' (Hugging Face datasets) or 'rg:TASK' (reasoning-gym)")
+    name: str = F("arithmetic", "dataset: 'arithmetic' or 'countdown' (built-in), a .jsonl/"
+                  ".parquet file, 'hf:NAME_OR_DIR[:SPLIT]' (Hugging Face datasets) or 'rg:TASK' "
+                  "(reasoning-gym)")
     terms: list[int] = F([4, 5, 6, 7, 8], "numbers of terms a built-in problem may have "
                          "(each >= 2; n terms = n steps: n - 1 operations and the answer line)")
     term_weights: list[float] = F([], "relative frequency of each entry of `terms` "
@@ -98,6 +99,16 @@ class TaskConfig:
                        "accuracy near 50% in one evaluation; paired comparisons resolve less)",
                        min=1)
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
+    countdown_sizes: list[int] = F([3, 4], "task.name=countdown: how many numbers a problem "
+                                   "gives, drawn uniformly from this list (each 2..6)")
+    countdown_max_number: int = F(10, "task.name=countdown: the numbers are drawn from "
+                                  "1..countdown_max_number (repeats allowed)", min=1)
+    countdown_targets: list[int] = F([10, 60], "task.name=countdown: [low, high] of the target, "
+                                     "drawn uniformly among the reachable values in range that "
+                                     "are not given numbers")
+    countdown_min_solutions: int = F(2, "task.name=countdown: keep only problems with at least "
+                                     "this many solution paths (1 = every solvable problem)",
+                                     min=1)
     prompt_column: str = F("prompt", "dataset column of the prompt (a.b = field b of column a; "
                            "a list of chat messages gives its last user message; a|b = the "
                            "first of a, b that the row has)")
@@ -109,9 +120,11 @@ class TaskConfig:
                                 "skipped row is reported with its line or index)", min=0.0, max=1.0)
     size: int = F(2000, "problems generated for a reasoning-gym task (held-out ones included)",
                   min=2)
-    reward: str = F("arithmetic", "verifier(s), comma-separated: arithmetic | numeric | gsm8k | "
-                    "math_verify | reasoning_gym, or module:function / file.py:function with TRL's "
-                    "signature f(prompts, completions, **columns) -> list[float | None]")
+    reward: str = F("arithmetic", "verifier(s), comma-separated: arithmetic | countdown | "
+                    "numeric | gsm8k | math_verify | reasoning_gym, or module:function / "
+                    "file.py:function with TRL's signature f(prompts, completions, **columns) -> "
+                    "list[float | None]; 'arithmetic' (the default) is the built-in task's own "
+                    "verifier, so task.name=countdown alone is verified by 'countdown'")
     reward_weights: list[float] = F([], "weight of each `reward` entry (empty = equal); the reward "
                                     "is their weighted mean, each in [0, 1]")
     reward_errors: str = F("unscorable", "a reward function that raises: 'unscorable' (log the "
@@ -316,7 +329,7 @@ class LoRAConfig:
 @dataclass
 class EvalConfig:
     size: int = F(1000, "held-out problems evaluated (at most task.eval_size)", min=1)
-    k: int = F(4, "samples per problem for avg@k and the sampled pass@1/2/4/8/16 up to k",
+    k: int = F(4, "samples per problem for avg@k and the sampled pass@1/2/4/.../64 up to k",
                min=1)
     temperature: float = F(1.0, "temperature of the avg@k samples", min=0.0, min_exclusive=True)
     batch_size: int = F(256, "sequences generated together", min=1)
@@ -476,6 +489,19 @@ def _merge_section(section: Any, sec_name: str, values: dict, source: str,
             setattr(section, key, float(value) if hints[key] is float else value)
 
 
+def countdown_problems(t: TaskConfig) -> list[str]:
+    """The problems of the Countdown fields of `t` (checked whatever the task, as every field)."""
+    problems = []
+    if not t.countdown_sizes or any(not 2 <= n <= 6 for n in t.countdown_sizes):
+        problems.append(f"task.countdown_sizes: got {t.countdown_sizes!r}, expected a non-empty "
+                        "list of integers in 2..6")
+    low_high = t.countdown_targets
+    if len(low_high) != 2 or not 1 <= low_high[0] <= low_high[1]:
+        problems.append(f"task.countdown_targets: got {low_high!r}, expected [low, high] with "
+                        "1 <= low <= high")
+    return problems
+
+
 def validate(cfg: Config) -> list[str]:
     """Range and cross-field checks; returns the list of problems (empty when valid)."""
     problems = []
@@ -494,6 +520,7 @@ def validate(cfg: Config) -> list[str]:
                         "non-negative weights (one per task.terms entry) with a positive sum")
     if not t.ops or set(t.ops) - set("+-"):
         problems.append(f"task.ops: got {t.ops!r}, expected a non-empty string of '+' and '-'")
+    problems += countdown_problems(t)
     n_rewards = len([r for r in t.reward.split(",") if r.strip()])
     if not n_rewards:
         problems.append("task.reward: expected at least one reward name or module:function")

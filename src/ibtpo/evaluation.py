@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 
 from ibtpo.data import load_task
-from ibtpo.data.rewards import RewardTransform, load_reward_fn
+from ibtpo.data.rewards import task_reward_fn
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.metrics import PASS_KS
 from ibtpo.models import encode_prompt, load_model, prompt_encoder, read_extra, stop_token_ids
@@ -190,8 +190,7 @@ def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
     check_prompt_lengths(problems, encode, model, cfg.sampling.max_new_tokens,
                          f"task.name={cfg.task.name!r} (held-out)")
     result = evaluate(model, tokenizer, problems,
-                      load_reward_fn(cfg.task.reward, cfg.task.reward_weights,
-                                     RewardTransform.of(cfg.task)), k=cfg.eval.k,
+                      task_reward_fn(cfg.task), k=cfg.eval.k,
                       temperature=cfg.eval.temperature,
                       max_new_tokens=cfg.sampling.max_new_tokens,
                       batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, encode=encode,
@@ -246,8 +245,7 @@ def run_benchmarks(cfg, model_dir: str, out_json: str | None = None) -> dict:
     model, tokenizer = load_model(model_dir, cfg.model.device, cfg.model.dtype,
                                   trust_remote_code=cfg.model.trust_remote_code)
     encode = prompt_encoder(tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
-    reward_fn = load_reward_fn(cfg.task.reward, cfg.task.reward_weights,
-                               RewardTransform.of(cfg.task))
+    reward_fn = task_reward_fn(cfg.task)
     e = cfg.eval
     rows = {}
     for name, source in sources:

@@ -13,6 +13,7 @@ Every source gives rows (dicts). A row becomes a `Problem` through the task conf
 
 `task.name` selects the source:
 - "arithmetic": the built-in task (ibtpo.data.arithmetic);
+- "countdown": the built-in Countdown task (ibtpo.data.countdown);
 - "path/to/file.jsonl" (or .json lines): one JSON object per line, blank lines skipped;
 - "path/to/file.parquet": needs pyarrow (extra `data`);
 - "hf:NAME_OR_DIR" or "hf:NAME_OR_DIR:SPLIT" (default split "train"), configuration
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from ibtpo.config import TaskConfig
 from ibtpo.data.arithmetic import ArithmeticTask, Problem
+from ibtpo.data.countdown import CountdownTask
 from ibtpo.inputs import check_utf8_lines
 from ibtpo.seeding import HELD_OUT, stream_rng
 
@@ -257,8 +259,8 @@ def read_source(cfg: TaskConfig) -> Loaded:
         return load_reasoning_gym(name, cfg)
     path = Path(name)
     if path.suffix not in (".jsonl", ".json", ".parquet"):
-        raise ValueError(f"task.name={name!r}: expected 'arithmetic', a .jsonl/.parquet file, "
-                         "'hf:NAME_OR_DIR[:SPLIT]' or 'rg:TASK'")
+        raise ValueError(f"task.name={name!r}: expected 'arithmetic', 'countdown', a .jsonl/"
+                         ".parquet file, 'hf:NAME_OR_DIR[:SPLIT]' or 'rg:TASK'")
     if not path.is_file():
         raise ValueError(f"task.name={name!r}: no such file")
     if path.suffix != ".parquet":
@@ -319,4 +321,6 @@ def load_task(cfg: TaskConfig, rows=None):
         return DatasetTask(cfg, loaded.problems)
     if cfg.name == "arithmetic":
         return ArithmeticTask(cfg)
+    if cfg.name == "countdown":
+        return CountdownTask(cfg)
     return DatasetTask(cfg, load_problems(cfg))

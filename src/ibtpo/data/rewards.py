@@ -9,6 +9,10 @@ passes conversational data, a list of messages (the last message's content is sc
 Registry `REWARDS` (config key `task.reward`):
 - "arithmetic": the built-in task's verifier (ibtpo.data.arithmetic.verify): only the last
   "answer: <integer>" line counts.
+- "countdown": the built-in Countdown task's verifier (ibtpo.data.countdown.verify): every step
+  checked, on the column `numbers` (the given numbers, a list or a string) and `answer` (the
+  target). `task.reward=arithmetic` (the default) on `task.name=countdown` means this verifier
+  (`task_reward_spec`): the default is the built-in task's own verifier.
 - "numeric": the last number in the completion equals the reference number (relative tolerance
   1e-6; thousands separators "1,234" accepted; reference must be a plain number).
 - "gsm8k": GSM8K's convention: the number after the last "#### " of the completion, or else its
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import Callable
 
 from ibtpo.data.arithmetic import verify
+from ibtpo.data.countdown import verify as verify_countdown
 
 RewardFn = Callable[..., list]
 TRANSFORMS = ("none", "threshold", "rescale")
@@ -83,6 +88,17 @@ def arithmetic_reward(prompts, completions, answer=None, **_) -> list[float | No
     """The built-in task's verifier on each completion (see `ibtpo.data.arithmetic.verify`)."""
     check_lengths(completions, answer)
     return [verify(completion_text(c), str(a)) for c, a in zip(completions, answer)]
+
+
+def countdown_reward(prompts, completions, answer=None, numbers=None, **_
+                     ) -> list[float | None]:
+    """The Countdown verifier on each completion (see `ibtpo.data.countdown.verify`)."""
+    check_lengths(completions, answer)
+    if numbers is None or len(numbers) != len(completions):
+        raise ValueError("reward 'countdown': expected a column 'numbers' (the given numbers, one "
+                         "entry per completion); the built-in task.name=countdown sets it")
+    return [verify_countdown(completion_text(c), n, a)
+            for c, n, a in zip(completions, numbers, answer)]
 
 
 def parse_number(text: str) -> float | None:
@@ -197,6 +213,7 @@ def reasoning_gym_reward(prompts, completions, rg_entry=None, **_) -> list[float
 
 REWARDS: dict[str, RewardFn] = {
     "arithmetic": arithmetic_reward,
+    "countdown": countdown_reward,
     "numeric": numeric_reward,
     "gsm8k": gsm8k_reward,
     "math_verify": math_verify_reward,
@@ -382,6 +399,17 @@ def reward_set_of(fns, weights: list[float] | None = None,
     `reward_name`."""
     fns = list(fns) if isinstance(fns, (list, tuple)) else [fns]
     return RewardSet([(reward_name(f), f) for f in fns], weights, transform)
+
+
+def task_reward_spec(task) -> str:
+    """`task.reward` of a `TaskConfig`, where the default 'arithmetic' on the built-in Countdown
+    task means its own verifier 'countdown'."""
+    return "countdown" if task.name == "countdown" and task.reward == "arithmetic" else task.reward
+
+
+def task_reward_fn(task) -> RewardSet:
+    """The reward of a `TaskConfig`: `task_reward_spec`, `reward_weights`, `reward_transform`."""
+    return load_reward_fn(task_reward_spec(task), task.reward_weights, RewardTransform.of(task))
 
 
 def load_reward_fn(spec: str, weights: list[float] | None = None,

@@ -11,7 +11,13 @@ import copy
 import torch
 
 from ibtpo.config import Config
-from ibtpo.data.rewards import RewardSet, RewardTransform, load_reward_fn, reward_set_of
+from ibtpo.data.rewards import (
+    RewardSet,
+    RewardTransform,
+    load_reward_fn,
+    reward_set_of,
+    task_reward_spec,
+)
 from ibtpo.evaluation import evaluate
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.models import load_model, prompt_encoder, resolve_device, stop_token_ids
@@ -42,7 +48,7 @@ def reward_set(cfg: Config, reward_funcs=None) -> RewardSet:
     [0, 1] or mapped there by `task.reward_transform` (`ibtpo.data.rewards.RewardTransform`)."""
     transform = RewardTransform.of(cfg.task)
     if reward_funcs is None:
-        return load_reward_fn(cfg.task.reward, cfg.task.reward_weights, transform)
+        return load_reward_fn(task_reward_spec(cfg.task), cfg.task.reward_weights, transform)
     if isinstance(reward_funcs, RewardSet):
         reward_funcs = copy.copy(reward_funcs)  # the caller's set keeps its own transform
         reward_funcs.transform = transform

@@ -47,7 +47,7 @@ import torch
 
 from ibtpo import kernels
 from ibtpo.data import load_task
-from ibtpo.data.rewards import RewardTransform, load_reward_fn
+from ibtpo.data.rewards import task_reward_fn
 from ibtpo.evaluation import evaluate, held_out
 from ibtpo.models import check_replaceable, encode_prompt, fingerprint, load_model, save_checkpoint
 from ibtpo.progress import progress_bar
@@ -193,8 +193,7 @@ class SFTRun:
         self.device = next(self.model.parameters()).device
         self.task = load_task(cfg.task)
         check_solutions(self.task, cfg.task.name)
-        self.reward_fn = load_reward_fn(cfg.task.reward, cfg.task.reward_weights,
-                                        RewardTransform.of(cfg.task))
+        self.reward_fn = task_reward_fn(cfg.task)
         self.val_problems = self.task.train_batch(self.s.eval_size,
                                                   stream_rng(self.s.seed, SFT_VALIDATION))
         self.optimizer = make_optimizer(self.model, self.s)
