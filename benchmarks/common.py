@@ -30,6 +30,9 @@ from ibtpo.provenance import same_code  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WARMUP_DIR = ROOT / "runs" / "testbed" / "sft"
+# The Countdown testbed (Study 5): the task and its warm-up's stopping mark, shared by its scripts.
+COUNTDOWN = ["task.name=countdown", "sft.stop_at_accuracy=0.2"]
+COUNTDOWN_WARMUP_DIR = ROOT / "runs" / "countdown" / "sft"
 EQUIVALENCE = RESULTS / "runs" / "equivalent.json"  # written by benchmarks/equivalence.py
 
 

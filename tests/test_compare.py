@@ -87,9 +87,37 @@ def test_band_interpolates_on_the_token_grid_and_averages_seeds():
          {"train/generated_tokens": 100, "eval/pass@1": 0.4}]
     mean, half = band([a, b], "eval/pass@1", np.array([0.0, 50.0, 100.0, 150.0]))
     assert mean[:3] == pytest.approx([0.3, 0.4, 0.5])
-    # at 0: values 0.2, 0.4 -> sd 0.1414, t_1 12.706 / sqrt(2) -> 1.2706
-    assert half[0] == pytest.approx(1.2706, abs=1e-3) and half[1] == pytest.approx(0.0)
+    # at 0: values 0.2, 0.4 -> sd 0.1414, t_1 12.706 / sqrt(2) -> 1.2706, clipped to 0.3 so that
+    # the band of a share stays inside [0, 1]
+    assert half[0] == pytest.approx(0.3) and half[1] == pytest.approx(0.0)
     assert np.isnan(mean[3])  # past every run's last point: no value, not an extrapolation
+
+
+def test_band_ends_where_the_shortest_seed_ends_and_stays_in_range():
+    import numpy as np
+
+    from ibtpo.compare import band, metric_range
+
+    # seed A runs to 100 tokens, seed B to 200: beyond 100 a mean would be B's alone
+    a = [{"train/generated_tokens": 0, "eval/pass@1": 0.9},
+         {"train/generated_tokens": 100, "eval/pass@1": 0.9}]
+    b = [{"train/generated_tokens": 0, "eval/pass@1": 0.1},
+         {"train/generated_tokens": 200, "eval/pass@1": 0.1}]
+    mean, half = band([a, b], "eval/pass@1", np.array([0.0, 100.0, 150.0]))
+    assert mean[:2] == pytest.approx([0.5, 0.5]) and np.isnan(mean[2])
+    assert (mean[:2] - half[:2] >= 0).all() and (mean[:2] + half[:2] <= 1).all()
+    assert metric_range("policy/entropy") == (0.0, float("inf"))
+    assert metric_range("tree/cov_root") == (float("-inf"), float("inf"))
+
+
+def test_plot_curves_draws_no_panel_without_data(tmp_path):
+    from ibtpo.compare import plot_curves
+
+    rows = [{"train/generated_tokens": t, "eval/pass@1": 0.5} for t in (0, 100)]
+    plot_curves({"grpo": [rows]}, tmp_path / "none.png", keys=("tree/ib_score_root",))
+    assert not (tmp_path / "none.png").exists()  # nothing to draw: no empty figure
+    plot_curves({"grpo": [rows]}, tmp_path / "one.png", keys=("eval/pass@1", "tree/cov_root"))
+    assert (tmp_path / "one.png").stat().st_size > 0
 
 
 def test_equal_steps_and_committed_records_reused_only_when_current(warm_checkpoint, tmp_path,

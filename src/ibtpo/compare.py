@@ -107,8 +107,8 @@ def outcome_keys(results: dict[str, list[dict]]) -> list[tuple[str, str]]:
     """(header, summary key) of the outcome columns: greedy pass@1, avg@k, and the largest
     sampled pass@j every run has."""
     runs = [r for group in results.values() for r in group]
-    sampled = [k for k in ("sampled_pass@16", "sampled_pass@8", "sampled_pass@4")
-               if all(_finite(r.get(k)) for r in runs)]
+    sampled = [f"sampled_pass@{j}" for j in (64, 32, 16, 8, 4)
+               if all(_finite(r.get(f"sampled_pass@{j}")) for r in runs)]
     keys = [("pass@1", "pass@1"), ("avg@k", "avg@k")]
     return keys + [(f"pass@{sampled[0].split('@')[1]} (T>0)", sampled[0])] if sampled else keys
 
@@ -178,7 +178,9 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def band(runs_rows: list[list[dict]], key: str, grid) -> tuple:
-    """Mean and 95% t-interval half-width over seeds of `key` interpolated on `grid`."""
+    """Mean and 95% t-interval half-width over seeds of `key` interpolated on `grid`, NaN where
+    any seed has no value (so a curve never ends on a mean over fewer seeds than the rest), and
+    the band clipped to the metric's range (`metric_range`)."""
     import numpy as np
 
     curves = []
@@ -190,8 +192,20 @@ def band(runs_rows: list[list[dict]], key: str, grid) -> tuple:
     if not curves:
         return None, None
     stack = np.array(curves)  # (seeds, grid)
-    stats = [mean_ci([v for v in col if not math.isnan(v)]) for col in stack.T]
-    return np.array([m for m, _ in stats]), np.array([h for _, h in stats])
+    stats = [mean_ci(col) if not np.isnan(col).any() else (math.nan, math.nan)
+             for col in stack.T]
+    mean, half = np.array([m for m, _ in stats]), np.array([h for _, h in stats])
+    low, high = metric_range(key)
+    return mean, np.minimum(np.nan_to_num(half), np.minimum(mean - low, high - mean))
+
+
+def metric_range(key: str) -> tuple[float, float]:
+    """The values a metric can take: [0, 1] for shares and rates (evaluations, Eff-Rate, mean
+    reward, clip fractions), [0, inf) for entropies, unbounded otherwise."""
+    if key.startswith("eval/") or key in ("rollout/eff_rate", "rollout/reward_mean") or \
+            key.startswith("loss/clipfrac"):
+        return 0.0, 1.0
+    return (0.0, math.inf) if "entropy" in key else (-math.inf, math.inf)
 
 
 def plot_curves(run_rows: dict[str, list[list[dict]]], path: Path, keys=PLOTS) -> None:
@@ -206,8 +220,12 @@ def plot_curves(run_rows: dict[str, list[list[dict]]], path: Path, keys=PLOTS) -
     top = max((r.get("train/generated_tokens", 0) for runs in run_rows.values() for rows in runs
                for r in rows), default=1)
     grid = np.linspace(0, top, 80)
-    cols = 3
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols,
+    keys = [k for k in keys if any(_series(rows, k)[0] for runs in run_rows.values()
+                                   for rows in runs)]  # no panel without data
+    if not keys:
+        return
+    cols = min(3, len(keys))
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, squeeze=False,
                              figsize=(5 * cols, 3.6 * math.ceil(len(keys) / cols)))
     for ax, key in zip(axes.flat, keys):
         for i, (name, runs) in enumerate(run_rows.items()):
@@ -215,8 +233,7 @@ def plot_curves(run_rows: dict[str, list[list[dict]]], path: Path, keys=PLOTS) -
             if mean is None:
                 continue
             ax.plot(grid, mean, color=f"C{i}", label=f"{name} (n={len(runs)})")
-            ax.fill_between(grid, mean - np.nan_to_num(half), mean + np.nan_to_num(half),
-                            color=f"C{i}", alpha=0.2)
+            ax.fill_between(grid, mean - half, mean + half, color=f"C{i}", alpha=0.2)
         ax.set_title(key)
         ax.set_xlabel("generated tokens")
         ax.grid(alpha=0.3)

@@ -36,7 +36,7 @@ import numpy as np
 from ibtpo.core.ib_score import batch_ib_scores
 from ibtpo.core.tree import Tree, leaf_reward
 
-PASS_KS = (1, 2, 4, 8, 16)  # the sampled pass@j an evaluation reports when eval.k >= j
+PASS_KS = (1, 2, 4, 8, 16, 32, 64)  # the sampled pass@j an evaluation reports when eval.k >= j
 METRIC_DOCS: dict[str, str] = {
     "rollout/prompts": "number of prompts (trees) in the rollout batch",
     "rollout/reward_mean": "Avg-Rate: mean reward of all sampled trajectories (None counted as 0)",

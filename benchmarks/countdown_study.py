@@ -1,0 +1,134 @@
+"""Study 5, part 3: IB-TPO against GRPO on Countdown, in the regime where GRPO loses balance.
+
+    .venv/bin/python benchmarks/countdown_study.py [--seeds N] [--main-seeds N]
+
+Fixed before any of its runs (this docstring is the protocol; written before the pilot's verdict
+was known, and nothing in it is tuned to a result):
+- Regime: the cell the pilot chose (results/countdown_regime.json, `countdown_pilot.py`): its
+  train.lr and train.mini_batches apply to every method; everything else as the pilot (the
+  Countdown warm-up, H generated tokens per run, EVALS evaluations on the first 500 held-out
+  problems, 64 samples each at T = 1). Without a chosen regime the script stops.
+- Methods (built-in configs): GRPO and IB-TPO, MAIN_SEEDS seeds each; clip-higher GRPO (with the
+  regime's mini-batches: off-policy, where clip-higher acts), entropy-bonus GRPO and the random
+  tree (IB-TPO's loop and advantage with a random branch scorer), SEEDS seeds each. All at equal
+  generated tokens; runs are paired by seed (same training prompts, same evaluation).
+- Outcomes: final held-out greedy pass@1 and unbiased sampled pass@k for k = 1, 2, 4, ..., 64;
+  over training: token entropy, Eff-Rate, the root IB-Score and cov; the paired IB-TPO - GRPO
+  difference of each with its 95% t-interval. IB-TPO is said to keep the balance GRPO loses
+  when the paired interval of final sampled pass@64 lies above 0; to beat GRPO when the paired
+  interval of final greedy pass@1 lies above 0. Seven k are read: an interval for a single k
+  that excludes 0 while the others do not is reported as weak evidence.
+- Study 1's figures on this task come from the same runs' rollouts: trajectories per 1k
+  generated tokens and Eff-Rate over training, per method.
+- Order: seed 0 of every method, then seed 1, ...; every finished run writes its record under
+  results/runs/countdown/ (committed), so a later invocation continues.
+Writes results/countdown.{md,json} and countdown.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from common import (
+    COUNTDOWN,
+    COUNTDOWN_WARMUP_DIR,
+    RESULTS,
+    ROOT,
+    accepted_code,
+    warmup,
+    write_section,
+)
+from countdown_pilot import HORIZON, REGIME_FILE, study_overrides
+from ibtpo.compare import plot_curves, run_compare
+from ibtpo.config import resolve_config_path
+from ibtpo.stats import fmt_ci, mean_ci, paired_ci
+
+METHODS = {"grpo": "GRPO", "ibtpo": "IB-TPO", "grpo_clip_higher": "GRPO + clip-higher",
+           "grpo_entropy": "GRPO + entropy bonus", "tree_random": "random tree + IB-TPO advantage"}
+MAIN = ("grpo", "ibtpo")
+SEEDS, MAIN_SEEDS = 4, 8
+KS = (1, 2, 4, 8, 16, 32, 64)
+RUNS = ROOT / "runs" / "countdown" / "study"
+RECORDS = RESULTS / "runs" / "countdown"
+CURVES = ("eval/pass@1", "eval/sampled_pass@64", "policy/entropy", "rollout/eff_rate",
+          "tree/ib_score_root", "tree/cov_root", "rollout/trajectories_per_1k_tokens")
+
+
+def regime() -> tuple[str, float, int]:
+    """(cell, lr, mini_batches) the pilot chose; SystemExit when it has not chosen one."""
+    if not REGIME_FILE.is_file():
+        raise SystemExit(f"{REGIME_FILE} is missing: finish benchmarks/countdown_pilot.py first")
+    cell = json.loads(REGIME_FILE.read_text())["regime"]
+    if cell is None:
+        raise SystemExit("the pilot found no cell where GRPO loses balance: make the task "
+                         "harder, as its protocol says, before this study")
+    lr, mb = cell.removeprefix("lr").split("_mb")
+    return cell, float(lr), int(mb)
+
+
+def run_mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def paired_line(results: dict, key: str, scale: float = 100.0, name: str = "") -> str:
+    a, b = results["ibtpo"], results["grpo"]
+    n = min(len(a), len(b))
+    mean, half = paired_ci([r[key] for r in a[:n]], [r[key] for r in b[:n]])
+    state = ("above 0" if mean - half > 0 else "below 0" if mean + half < 0 else "contains 0")
+    return (f"| {name or key} | {scale * mean:+.2f} | [{scale * (mean - half):+.2f}, "
+            f"{scale * (mean + half):+.2f}] | {n} | {state} |")
+
+
+def report(results: dict, curves: dict, cell: str, seconds: float) -> None:
+    head = ["method", "seeds", "pass@1"] + [f"pass@{k} (T=1)" for k in KS[1:]] + [
+        "entropy (last 5 steps)", "Eff-Rate", "traj. per 1k tokens", "IB root", "cov root"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, runs in results.items():
+        cells = [METHODS[name], str(len(runs)), fmt_ci(*mean_ci([r["pass@1"] for r in runs]))]
+        cells += [fmt_ci(*mean_ci([r[f"sampled_pass@{k}"] for r in runs])) for k in KS[1:]]
+        cells += [fmt_ci(*mean_ci([run_mean(rows[-5:], "policy/entropy")
+                                   for rows in curves[name]]))]
+        cells += [fmt_ci(*mean_ci([run_mean(rows, k) for rows in curves[name]]), digits=3)
+                  for k in ("rollout/eff_rate", "rollout/trajectories_per_1k_tokens",
+                            "tree/ib_score_root", "tree/cov_root")]
+        lines.append("| " + " | ".join(cells) + " |")
+    paired = ["| outcome (IB-TPO − GRPO) | mean (pt) | 95% interval | seeds | interval |",
+              "|---|---|---|---|---|", paired_line(results, "pass@1", name="greedy pass@1")]
+    paired += [paired_line(results, f"sampled_pass@{k}", name=f"sampled pass@{k}") for k in KS]
+    plot_curves(curves, RESULTS / "countdown.png", keys=CURVES)
+    body = (f"Protocol: the docstring of `benchmarks/countdown_study.py`, fixed before its runs. "
+            f"Regime: cell {cell} of the pilot. {HORIZON:,} generated tokens per run; 500 "
+            "held-out problems. ± and [ ]: 95% t-intervals over seeds; differences paired by "
+            "seed, in points.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(paired)
+            + "\n\n![curves](countdown.png)\n")
+    write_section("countdown", "Study 5, part 3 — IB-TPO against GRPO on Countdown", body,
+                  seconds, {"regime": cell, "results": results}, runs=results)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per method ({SEEDS})")
+    p.add_argument("--main-seeds", type=int, default=MAIN_SEEDS,
+                   help=f"seeds of GRPO and IB-TPO ({MAIN_SEEDS})")
+    args = p.parse_args()
+    start = time.perf_counter()
+    cell, lr, mb = regime()
+    model = str(warmup(COUNTDOWN, COUNTDOWN_WARMUP_DIR))
+    seeds = {n: args.main_seeds if n in MAIN else args.seeds for n in METHODS}
+    for upto in range(1, max(seeds.values()) + 1):  # seed 0 of every method first, then 1, ...
+        plan = {n: min(s, upto) for n, s in seeds.items()}
+        _, results, curves = run_compare(
+            [resolve_config_path(n) for n in METHODS], seeds=plan, token_budget=HORIZON,
+            overrides=study_overrides(model) + [f"train.lr={lr}", f"train.mini_batches={mb}"],
+            out_dir=RUNS, record_dir=RECORDS, baseline="grpo", same_code=accepted_code(),
+            title=f"Study 5: methods on Countdown, cell {cell}")
+    report(results, curves, cell, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
