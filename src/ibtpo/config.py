@@ -125,7 +125,10 @@ class TaskConfig:
                               "setting) or 'rescale' ((reward - low) / (high - low), [low, high] "
                               "= reward_range); applied to the weighted mean of the functions",
                               choices=("none", "threshold", "rescale"))
-    reward_threshold: float = F(0.5, "reward_transform=threshold: a reward >= this is a success")
+    reward_threshold: float = F(0.5, "the reward (on the function's own scale) at and above "
+                                "which a completion is a success: reward_transform=threshold "
+                                "maps it to 1, else 0; with rescale, evaluation counts a sample "
+                                "solved at and above it (otherwise solved = reward 1)")
     reward_range: list[float] = F([0.0, 1.0], "reward_transform=rescale: [low, high] of the "
                                   "reward (a reward outside stops the run)")
 
