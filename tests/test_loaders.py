@@ -29,8 +29,26 @@ def test_jsonl_rows_become_problems_with_extra_columns(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", rows(3)[:2] + ["", rows(3)[2]])  # blank line skipped
     problems = load_jsonl(path).problems
     assert [p.answer for p in problems] == ["1", "2", "3"]  # numbers are kept as text
-    assert problems[0].meta == {"source": "unit"} and problems[0].solution == "answer: 1"
-    assert problems[0].columns() == {"answer": "1", "source": "unit"}
+    assert problems[0].solution == "answer: 1"
+    # every column but the prompt's, under its own name (as TRL), and answer as text
+    assert problems[0].columns() == {"answer": "1", "solution": "answer: 1", "source": "unit"}
+
+
+def test_reward_columns_keep_their_names_as_in_trl(tmp_path):
+    # openr1's accuracy_reward(completions, solution, **kw) with task.answer_column=solution:
+    # the column reached reward functions only as `answer`, so every call raised TypeError
+    row = {"problem": "1+1?", "solution": "2", "answer": "other", "level": 3, "prompts": "x"}
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    (p,) = load_jsonl(path, TaskConfig(prompt_column="problem|question",
+                                       answer_column="solution")).problems
+    assert p.columns() == {"answer": "2", "solution": "2", "level": 3}
+
+    def accuracy_reward(completions, solution, **kw):
+        return [float(s in c) for c, s in zip(completions, solution)]
+
+    from ibtpo.evaluation import reward_columns
+    assert accuracy_reward(prompts=[p.prompt], completions=["it is 2"],
+                           **reward_columns([p])) == [1.0]
 
 
 def test_load_task_dispatches_on_the_name(tmp_path):

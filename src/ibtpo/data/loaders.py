@@ -8,8 +8,13 @@ Every source gives rows (dicts). A row becomes a `Problem` through the task conf
 - column names may be dotted paths into nested fields (`reward_model.ground_truth`), or
   alternatives, the first present one used (`problem|question`: benchmarks differ);
 - optional `solution` (the reference response, needed for SFT) and `n_terms` (an integer, for
-  per-difficulty evaluation); every other top-level column is kept in `Problem.meta` and passed to
-  reward functions as a column.
+  per-difficulty evaluation);
+- reward functions get every top-level column but the prompt's under its own name, as TRL
+  passes them (`def accuracy(completions, solution, **kw)` reads the column `solution`), and
+  `answer`: the reference answer as text, whatever [`task.answer_column`] is (it shadows a
+  column named `answer` when the answer column is another one). Columns are kept in
+  `Problem.meta`; columns named `prompts` or `completions` (the call's own arguments) are not
+  passed.
 
 `task.name` selects the source:
 - "arithmetic": the built-in task (ibtpo.data.arithmetic);
@@ -44,7 +49,7 @@ from ibtpo.data.arithmetic import ArithmeticTask, Problem
 from ibtpo.inputs import check_utf8_lines
 from ibtpo.seeding import HELD_OUT, stream_rng
 
-KNOWN_FIELDS = ("solution", "n_terms")
+CALL_ARGUMENTS = ("prompts", "completions")  # a reward function's own keyword arguments
 SHOWN_BAD_ROWS = 10  # bad rows listed in a report; the rest are counted
 
 
@@ -146,10 +151,16 @@ def row_to_problem(row, cfg: TaskConfig) -> Problem:
     prompt = message_text(required(row, cfg.prompt_column), cfg.prompt_column)
     answer = answer_text(required(row, cfg.answer_column), cfg.answer_column)
     solution, n_terms = optional_fields(row)
-    skip = {*KNOWN_FIELDS, cfg.prompt_column, cfg.answer_column, "answer"}
     return Problem(prompt=format_prompt(cfg.prompt_template, prompt, row), answer=answer,
-                   solution=solution, n_terms=n_terms,
-                   meta={k: v for k, v in row.items() if k not in skip})
+                   solution=solution, n_terms=n_terms, meta=reward_meta(row, cfg))
+
+
+def reward_meta(row: dict, cfg: TaskConfig) -> dict:
+    """The row's columns for reward functions, each under its own name (as TRL passes them):
+    every top-level column but the prompt's (given as `prompts`), `answer` (always the
+    reference text, `task.answer_column`) and the names of the call's own arguments."""
+    skip = {*cfg.prompt_column.split("|"), "answer", *CALL_ARGUMENTS}
+    return {k: v for k, v in row.items() if k not in skip}
 
 
 def load_jsonl(path: str | Path, cfg: TaskConfig | None = None) -> Loaded:
