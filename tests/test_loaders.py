@@ -13,6 +13,7 @@ import pytest
 from ibtpo.config import TaskConfig
 from ibtpo.data import ArithmeticTask, DatasetTask, load_task
 from ibtpo.data.loaders import load_hf, load_jsonl, load_parquet
+from ibtpo.evaluation import reward_columns
 
 
 def write_jsonl(path, rows):
@@ -46,7 +47,6 @@ def test_reward_columns_keep_their_names_as_in_trl(tmp_path):
     def accuracy_reward(completions, solution, **kw):
         return [float(s in c) for c, s in zip(completions, solution)]
 
-    from ibtpo.evaluation import reward_columns
     assert accuracy_reward(prompts=[p.prompt], completions=["it is 2"],
                            **reward_columns([p])) == [1.0]
 
