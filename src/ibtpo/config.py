@@ -292,6 +292,12 @@ class TrainConfig:
     keep_checkpoints: int = F(3, "checkpoints kept in {out_dir}/checkpoints (the newest K)", min=1)
     max_nonfinite_steps: int = F(3, "stop after this many steps in a row with a NaN/inf loss or "
                                  "gradient (each is skipped, weights untouched); 0 = never", min=0)
+    max_unscorable_steps: int = F(3, "stop after this many steps in a row whose every reward is "
+                                  "None (the reward function returned None for, or raised on, "
+                                  "every completion: nothing to train on); each such step is "
+                                  "warned about; 0 = never. A function that raises on every "
+                                  "completion before it ever scored one stops the run at once",
+                                  min=0)
     out_dir: str = F("runs/train", "output directory (metrics.jsonl, tensorboard, checkpoints)")
     seed: int = F(0, "seed of prompts, sampling and tie-breaking", min=0)
     tensorboard: bool = F(True, "also write TensorBoard event files")

@@ -47,7 +47,8 @@ from ibtpo.training import batch as padded
 from ibtpo.training import checkpoint as ckpt
 from ibtpo.training import packing
 from ibtpo.training.distributed import Dist
-from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
+from ibtpo.training.faults import (GuardedReward, StopSignals, TrainingError, log,
+                                   nonfinite_message, unscorable_message)
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
 from ibtpo.training.precision import frozen_copy_dtype, resolve_precision
@@ -103,6 +104,7 @@ class Trainer:
                                     ib_prob=a.ib_prob)
         self.problem_rng = stream_rng(cfg.train.seed, TRAIN_PROBLEMS)  # rank 0's prompts are used
         self.step, self.generated_tokens, self.nonfinite_streak = 0, 0, 0
+        self.unscorable_streak = 0  # steps in a row whose every reward was None
         self.loss_share = 1.0  # this rank's share of the loss denominator (set by micro_batches)
         self.stop = StopSignals()
         if state is not None:
@@ -342,6 +344,21 @@ class Trainer:
         if limit and self.nonfinite_streak >= limit:
             raise TrainingError(text + "; stopping: the weights are those before these steps")
 
+    def check_unscorable(self, metrics: dict) -> None:
+        """Count steps in a row whose every reward was None (warned about); TrainingError at
+        ``train.max_unscorable_steps``."""
+        n = metrics.get("rollout/num_trajectories", 0)
+        if not n or metrics.get("rollout/unscorable", 0) < n:
+            self.unscorable_streak = 0
+            return
+        self.unscorable_streak += 1
+        limit = self.cfg.train.max_unscorable_steps
+        text = unscorable_message(self.step, self.unscorable_streak, limit)
+        if self.dist.is_main:
+            log.warning("%s", text)
+        if limit and self.unscorable_streak >= limit:
+            raise TrainingError(text + "; stopping")
+
     # --- the loop -------------------------------------------------------------------------------
     def done(self) -> bool:
         t = self.cfg.train
@@ -396,6 +413,7 @@ class Trainer:
             last.update(self.evaluate())
         self.logger.log(self.step, last)
         self.check_nonfinite(last)
+        self.check_unscorable(last)
         ckpt.fault_point("step:end", self.step)
         if every and self.step % every == 0:
             self.save_checkpoint()
@@ -452,6 +470,7 @@ class Trainer:
         return {"format": ckpt.STATE_FORMAT, "step": self.step,
                 "generated_tokens": self.generated_tokens,
                 "nonfinite_streak": self.nonfinite_streak,
+                "unscorable_streak": self.unscorable_streak,
                 "optimizer": self.dist.optimizer_state_dict(self.model, self.optimizer),
                 "scheduler": self.scheduler.state_dict(), "world_size": self.dist.world,
                 "rng": self.dist.gather(ckpt.capture_rngs(self)),
@@ -494,6 +513,7 @@ class Trainer:
                              f"config ({type(err).__name__}: {str(err)[:200]})") from None
         self.step, self.generated_tokens = state["step"], state["generated_tokens"]
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.unscorable_streak = int(state.get("unscorable_streak", 0))
         if state.get("task") is not None and hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(state["task"])
         ckpt.restore_rngs(self, state["rng"][self.dist.rank], where)
