@@ -51,6 +51,26 @@ def test_reward_columns_keep_their_names_as_in_trl(tmp_path):
                            **reward_columns([p])) == [1.0]
 
 
+def test_no_answer_column_when_no_reward_reads_one(tmp_path):
+    # prompt / target columns and says(prompts, completions, target): "1200 of 1200 rows cannot
+    # be used ... field 'answer' is missing", without naming task.answer_column
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"{i}?", "target": str(i)}
+                                               for i in range(4)])
+    with pytest.raises(ValueError, match=r"(?s)4 of 4 rows cannot be used.*field 'answer' is "
+                       r"missing \(task.answer_column; fields: prompt, target\).*hint: set "
+                       r"task.answer_column to the column of the reference answer, or "
+                       r"task.answer_column=''"):
+        load_task(TaskConfig(name=str(path), eval_size=1))
+    task = load_task(TaskConfig(name=str(path), eval_size=1, answer_column=""))
+    problems = task.train_set() + task.eval_set()
+    assert sorted(p.columns()["target"] for p in problems) == ["0", "1", "2", "3"]
+    assert all("answer" not in p.columns() and p.answer is None for p in problems)
+    # a column named answer is then passed as it is, as any other column
+    (p,) = load_jsonl(write_jsonl(tmp_path / "e.jsonl", [{"prompt": "q", "answer": 7}]),
+                      TaskConfig(answer_column="")).problems
+    assert p.columns() == {"answer": 7}
+
+
 def test_load_task_dispatches_on_the_name(tmp_path):
     assert isinstance(load_task(TaskConfig()), ArithmeticTask)
     path = write_jsonl(tmp_path / "d.jsonl", rows(20))
@@ -141,7 +161,7 @@ def test_columns_dotted_paths_chat_messages_and_prompt_template(tmp_path):
     assert p.prompt == "[easy] What is 2+2? Answer in \\boxed{}." and p.answer == "4"
     assert p.meta == {"level": "easy", "reward_model": {"ground_truth": 4}}
     assert loaded.bad == [f"{path}:2: field 'reward_model.ground_truth' is missing "
-                          "(fields: question, reward_model, level)"]
+                          "(task.answer_column; fields: question, reward_model, level)"]
     missing = load_jsonl(path, TaskConfig(prompt_column="question", answer_column="level",
                                           prompt_template="{topic}: {prompt}"))
     assert [b.split(": ", 1)[1] for b in missing.bad] == [

@@ -101,7 +101,9 @@ class TaskConfig:
     prompt_column: str = F("prompt", "dataset column of the prompt (a.b = field b of column a; "
                            "a list of chat messages gives its last user message; a|b = the "
                            "first of a, b that the row has)")
-    answer_column: str = F("answer", "dataset column of the reference answer (a.b, a|b as above)")
+    answer_column: str = F("answer", "dataset column of the reference answer (a.b, a|b as "
+                           "above), passed to rewards as `answer`; '' = none (rows need only a "
+                           "prompt; for reward functions that read other columns)")
     subset: str = F("", "Hugging Face dataset configuration, e.g. 'main' for openai/gsm8k")
     prompt_template: str = F("", "datasets: str.format template of the prompt over the row's "
                              "columns, {prompt} = the prompt column ('' = the prompt as it is)")

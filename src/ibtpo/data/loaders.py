@@ -5,6 +5,8 @@ Every source gives rows (dicts). A row becomes a `Problem` through the task conf
   user message), formatted by [`task.prompt_template`] when set: a `str.format` template over the
   row's columns where `{prompt}` is the prompt, e.g. "{prompt}\nPut the answer in \\boxed{{}}.";
 - the reference answer is the column [`task.answer_column`] (text or number, kept as text);
+  `task.answer_column=''` means there is none (rows need only a prompt; reward functions get no
+  `answer` column, so the built-in verifiers cannot be used);
 - column names may be dotted paths into nested fields (`reward_model.ground_truth`), or
   alternatives, the first present one used (`problem|question`: benchmarks differ);
 - optional `solution` (the reference response, needed for SFT) and `n_terms` (an integer, for
@@ -114,11 +116,13 @@ def answer_text(value, name: str) -> str:
     return value
 
 
-def required(row: dict, path: str):
+def required(row: dict, path: str, setting: str):
+    """The value at `path` (config field `setting` names it); BadRow naming both."""
     try:
         return column(row, path)
     except KeyError:
-        raise BadRow(f"field {path!r} is missing (fields: {', '.join(map(str, row))})") from None
+        raise BadRow(f"field {path!r} is missing ({setting}; fields: "
+                     f"{', '.join(map(str, row))})") from None
 
 
 def format_prompt(template: str, prompt: str, row: dict) -> str:
@@ -148,8 +152,10 @@ def row_to_problem(row, cfg: TaskConfig) -> Problem:
     if not isinstance(row, dict):
         raise BadRow(f"expected an object with fields {cfg.prompt_column!r} and "
                      f"{cfg.answer_column!r}, got {type(row).__name__}")
-    prompt = message_text(required(row, cfg.prompt_column), cfg.prompt_column)
-    answer = answer_text(required(row, cfg.answer_column), cfg.answer_column)
+    prompt = message_text(required(row, cfg.prompt_column, "task.prompt_column"),
+                          cfg.prompt_column)
+    answer = (answer_text(required(row, cfg.answer_column, "task.answer_column"),
+                          cfg.answer_column) if cfg.answer_column else None)
     solution, n_terms = optional_fields(row)
     return Problem(prompt=format_prompt(cfg.prompt_template, prompt, row), answer=answer,
                    solution=solution, n_terms=n_terms, meta=reward_meta(row, cfg))
@@ -158,8 +164,10 @@ def row_to_problem(row, cfg: TaskConfig) -> Problem:
 def reward_meta(row: dict, cfg: TaskConfig) -> dict:
     """The row's columns for reward functions, each under its own name (as TRL passes them):
     every top-level column but the prompt's (given as `prompts`), `answer` (always the
-    reference text, `task.answer_column`) and the names of the call's own arguments."""
-    skip = {*cfg.prompt_column.split("|"), "answer", *CALL_ARGUMENTS}
+    reference text, `task.answer_column`, unless there is none) and the names of the call's own
+    arguments."""
+    skip = {*cfg.prompt_column.split("|"), *CALL_ARGUMENTS} | ({"answer"} if cfg.answer_column
+                                                               else set())
     return {k: v for k, v in row.items() if k not in skip}
 
 
@@ -254,9 +262,24 @@ def check_bad_rows(loaded: Loaded, max_fraction: float) -> None:
     if share > max_fraction:
         raise ValueError(f"{loaded.source}: {len(loaded.bad)} of {loaded.total} rows cannot be "
                          f"used ({share:.1%}, more than task.max_bad_fraction={max_fraction:g}):\n"
-                         f"{listing}")
+                         f"{listing}{missing_column_hint(loaded.bad)}")
     print(f"warning: {loaded.source}: skipped {len(loaded.bad)} of {loaded.total} rows that "
           f"cannot be used:\n{listing}", file=sys.stderr)
+
+
+MISSING_HINTS = {
+    "task.prompt_column": "set task.prompt_column to the column of the prompt",
+    "task.answer_column": "set task.answer_column to the column of the reference answer, or "
+                          "task.answer_column='' (no reference answer) when no reward function "
+                          "reads one",
+}
+
+
+def missing_column_hint(bad: list[str]) -> str:
+    """A line on what to set, when rows were skipped for a missing prompt or answer column."""
+    hints = [hint for setting, hint in MISSING_HINTS.items()
+             if any(f"({setting};" in b for b in bad)]
+    return "".join(f"\n  hint: {h}" for h in hints)
 
 
 def read_source(cfg: TaskConfig) -> Loaded:

@@ -76,7 +76,8 @@ def check_lengths(completions: list, answer: list) -> None:
     if answer is None or len(answer) != len(completions):
         got = "none" if answer is None else len(answer)
         raise ValueError(f"reward: column 'answer' has {got} entries for {len(completions)} "
-                         "completions; expected one reference answer per completion")
+                         "completions; expected one reference answer per completion (the "
+                         "dataset column named by task.answer_column)")
 
 
 def arithmetic_reward(prompts, completions, answer=None, **_) -> list[float | None]:
