@@ -90,6 +90,34 @@ def test_file_split_is_seeded_and_disjoint(tmp_path):
     assert other.eval_set() != task.eval_set()
 
 
+def test_small_datasets_hold_out_a_share(tmp_path, capsys):
+    # 50 distinct prompts and the default task.eval_size=1000 failed ("expected more than
+    # eval_size"); now 10% (task.eval_share) are held out, at least 1, at most all but one
+    path = write_jsonl(tmp_path / "d.jsonl", rows(50))
+    task = load_task(TaskConfig(name=str(path)))
+    assert len(task.eval_set()) == 5 and len(task.train_set()) == 45
+    assert "50 distinct prompts, not more than task.eval_size=1000: holding out 5" in \
+        capsys.readouterr().err
+    assert len(load_task(TaskConfig(name=str(path), eval_share=0.3)).eval_set()) == 15
+    two = write_jsonl(tmp_path / "two.jsonl", rows(2))
+    assert len(load_task(TaskConfig(name=str(two), eval_share=1.0)).eval_set()) == 1
+    # more prompts than task.eval_size: exactly eval_size, as before
+    assert len(load_task(TaskConfig(name=str(path), eval_size=49)).eval_set()) == 49
+
+
+def test_rows_and_held_out_rows_given_in_python():
+    train, held = rows(6), rows(8)[6:]
+    task = load_task(TaskConfig(), train + held[:1], eval_rows=held)
+    assert [p.prompt for p in task.eval_set()] == ["6+1=?\n", "7+1=?\n"]
+    assert len(task.train_set()) == 6  # the held-out prompt given as training too is left out
+    with pytest.raises(ValueError, match=r"dataset \(rows given in Python\): 1 distinct prompt"):
+        load_task(TaskConfig(), rows(1))  # it was called "arithmetic" (the default task.name)
+    with pytest.raises(ValueError, match="every training prompt is also held out"):
+        load_task(TaskConfig(), held, eval_rows=held)
+    with pytest.raises(ValueError, match="eval_dataset: held-out rows need a dataset"):
+        load_task(TaskConfig(), eval_rows=held)
+
+
 @pytest.mark.parametrize("bad_line, message", [
     ('{"prompt": "1+1=?", "answer": ', "d.jsonl:2: not valid JSON"),
     ('{"prompt": "1+1=?"}', "d.jsonl:2: field 'answer' is missing"),
@@ -112,9 +140,10 @@ def test_bad_task_names_and_sizes(tmp_path):
         load_task(TaskConfig(name=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ValueError, match="expected 'arithmetic', a .jsonl/.parquet file"):
         load_task(TaskConfig(name="data.csv"))
-    small = write_jsonl(tmp_path / "small.jsonl", rows(5))
-    with pytest.raises(ValueError, match="5 distinct prompts, but task.eval_size=5"):
-        load_task(TaskConfig(name=str(small), eval_size=5))
+    one = write_jsonl(tmp_path / "one.jsonl", rows(1) * 3)
+    with pytest.raises(ValueError, match=r"one.jsonl: 1 distinct prompt\(s\); a held-out split "
+                                         r"\(task.eval_size, task.eval_share\) needs at least 2"):
+        load_task(TaskConfig(name=str(one)))
     empty = write_jsonl(tmp_path / "empty.jsonl", [""])
     with pytest.raises(ValueError, match="no rows"):
         load_task(TaskConfig(name=str(empty)))

@@ -97,6 +97,8 @@ class TaskConfig:
     eval_size: int = F(1000, "number of held-out problems (1,000 resolve about 3 points of "
                        "accuracy near 50% in one evaluation; paired comparisons resolve less)",
                        min=1)
+    eval_share: float = F(0.1, "datasets with no more than eval_size distinct prompts hold out "
+                          "this share of them instead (at least 1)", min=0.0, max=1.0)
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
     prompt_column: str = F("prompt", "dataset column of the prompt (a.b = field b of column a; "
                            "a list of chat messages gives its last user message; a|b = the "

@@ -35,7 +35,11 @@ column) are skipped and reported with their line or index and the reason; when m
 Split (choice): the held-out set is `task.eval_size` distinct prompts (their first rows), picked
 with the held-out stream of `task.seed` (`ibtpo.seeding`) (so a file sorted by difficulty still
 gives a representative held-out set); the remaining rows whose prompt is not held out form the
-training split, sampled with replacement by `train_batch`.
+training split, sampled with replacement by `train_batch`. A dataset with no more than
+`task.eval_size` distinct prompts holds out [`task.eval_share`] of them instead (at least 1, at
+most all but one; a note says so); one with a single prompt cannot be split. Held-out rows of
+your own (`load_task(cfg, rows, eval_rows)`, `eval_dataset=` in the Python API) replace the
+split: every row whose prompt they do not hold trains.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ibtpo.config import TaskConfig
@@ -310,19 +314,45 @@ def load_problems(cfg: TaskConfig) -> list[Problem]:
     return loaded.problems
 
 
-class DatasetTask:
-    """A task over loaded problems, with the interface of ArithmeticTask (seeded split)."""
+def held_out_count(cfg: TaskConfig, n: int, source: str) -> int:
+    """How many of `n` distinct prompts to hold out: `task.eval_size`, or, when the dataset has
+    no more than that, `task.eval_share` of them (at least 1, with a note on stderr)."""
+    if n < 2:
+        raise ValueError(f"{source}: {n} distinct prompt(s); a held-out split (task.eval_size, "
+                         "task.eval_share) needs at least 2, one held out and one to train on; "
+                         "add rows, or give held-out rows of your own (eval_dataset= in the "
+                         "Python API)")
+    if n > cfg.eval_size:
+        return cfg.eval_size
+    count = min(n - 1, max(1, int(n * cfg.eval_share)))
+    print(f"note: {source}: {n} distinct prompts, not more than task.eval_size={cfg.eval_size}: "
+          f"holding out {count} (task.eval_share={cfg.eval_share:g})", file=sys.stderr)
+    return count
 
-    def __init__(self, cfg: TaskConfig, problems: list[Problem]):
-        first = list({p.prompt: i for i, p in reversed(list(enumerate(problems)))}.values())
-        if len(first) <= cfg.eval_size:
-            raise ValueError(f"{cfg.name}: {len(first)} distinct prompts, but task.eval_size="
-                             f"{cfg.eval_size} are held out; expected more than eval_size")
-        self.cfg, self.name = cfg, cfg.name
-        held = set(stream_rng(cfg.seed, HELD_OUT).sample(sorted(first), cfg.eval_size))
-        self._eval = [problems[i] for i in sorted(held)]  # distinct prompts
+
+class DatasetTask:
+    """A task over loaded problems, with the interface of ArithmeticTask (seeded split), or
+    over given training and held-out problems (`eval_problems`; training rows whose prompt is
+    held out are left out)."""
+
+    def __init__(self, cfg: TaskConfig, problems: list[Problem],
+                 eval_problems: list[Problem] | None = None, source: str | None = None):
+        self.cfg, self.name = cfg, source or cfg.name
+        self._eval = (list(eval_problems) if eval_problems is not None
+                      else self.split(problems))  # distinct prompts when split here
         eval_prompts = {p.prompt for p in self._eval}
         self._train = [p for p in problems if p.prompt not in eval_prompts]
+        if not self._train:
+            raise ValueError(f"{self.name}: every training prompt is also held out "
+                             "(eval_dataset holds them all); expected rows to train on")
+
+    def split(self, problems: list[Problem]) -> list[Problem]:
+        """The held-out problems: the first row of `held_out_count` distinct prompts, drawn
+        with the held-out stream of `task.seed`."""
+        first = list({p.prompt: i for i, p in reversed(list(enumerate(problems)))}.values())
+        count = held_out_count(self.cfg, len(first), self.name)
+        held = set(stream_rng(self.cfg.seed, HELD_OUT).sample(sorted(first), count))
+        return [problems[i] for i in sorted(held)]
 
     def eval_set(self) -> list[Problem]:
         """The held-out rows, in file order."""
@@ -341,16 +371,32 @@ class DatasetTask:
         return {"task": asdict(self.cfg), "train_rows": len(self._train)}
 
 
-def load_task(cfg: TaskConfig, rows=None):
+def given_problems(data, cfg: TaskConfig, what: str) -> list[Problem]:
+    """The problems of `data`: a source `task.name` takes (a path, "hf:...", "rg:...") or rows
+    (a list of dicts, a `datasets.Dataset`), reported as `what`."""
+    if isinstance(data, (str, Path)):
+        return load_problems(replace(cfg, name=str(data)))
+    loaded = load_rows(data, what, cfg)
+    if not loaded.total:
+        raise ValueError(f"{what}: no rows")
+    check_bad_rows(loaded, cfg.max_bad_fraction)
+    return loaded.problems
+
+
+def load_task(cfg: TaskConfig, rows=None, eval_rows=None):
     """The task named by `cfg.name`: the built-in arithmetic task or a dataset (see above).
 
     `rows` (a list of dicts or a `datasets.Dataset`), when given, are the dataset instead of
-    `cfg.name` (the Python API passes a user's data this way).
+    `cfg.name` (the Python API passes a user's data this way). `eval_rows` (rows, or a source as
+    `task.name` takes), when given, are the held-out set: the dataset is then not split.
     """
-    if rows is not None:
-        loaded = load_rows(rows, "dataset", cfg)
-        check_bad_rows(loaded, cfg.max_bad_fraction)
-        return DatasetTask(cfg, loaded.problems)
-    if cfg.name == "arithmetic":
+    if rows is None and eval_rows is None and cfg.name == "arithmetic":
         return ArithmeticTask(cfg)
-    return DatasetTask(cfg, load_problems(cfg))
+    if rows is None and cfg.name == "arithmetic":
+        raise ValueError("eval_dataset: held-out rows need a dataset to train on (task.name or "
+                         "dataset=), not the built-in arithmetic task")
+    source = "dataset (rows given in Python)" if rows is not None else cfg.name
+    problems = (given_problems(rows, cfg, source) if rows is not None
+                else load_problems(cfg))
+    held = None if eval_rows is None else given_problems(eval_rows, cfg, "eval_dataset")
+    return DatasetTask(cfg, problems, held, source)
