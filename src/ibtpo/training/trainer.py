@@ -21,6 +21,7 @@ killed run resumes bit for bit.
 Under ``accelerate launch`` each rank grows the trees of its share of the step's prompts and the
 gradients, loss denominators, token counts and metrics are global (``training/distributed.py``).
 Faults (non-finite steps, raising reward functions, SIGINT/SIGTERM): ``training/faults.py``.
+One run per ``out_dir``: rank 0 locks it before its first write (``training/runlock.py``).
 Precision (fp32 master weights and 16-bit autocast for a 16-bit ``model.dtype``, or pure 16-bit
 parameters with ``train.master_weights = false``): ``training/precision.py``.
 """
@@ -53,6 +54,7 @@ from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
 from ibtpo.training.precision import frozen_copy_dtype, resolve_precision
 from ibtpo.training.reference import set_step_logprobs
+from ibtpo.training.runlock import RunLock
 
 
 class Trainer:
@@ -109,6 +111,7 @@ class Trainer:
         self.stop = StopSignals()
         if state is not None:
             self.load_state_dict(state, found)
+        self.run_lock = RunLock(self.out).acquire() if self.dist.is_main else None  # 1st write
         self.logger = self.open_logger()
 
     def build_policy(self, reward_funcs) -> Policy:
