@@ -456,6 +456,21 @@ def key_hint(key: str, section: str | None = None) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
+def leaf_paths(prefix: str, values: Any) -> list[str]:
+    """The dotted paths of the leaves of nested mappings (verl's 'actor_rollout_ref.actor.optim.lr'
+    from YAML or from one --set key)."""
+    if not isinstance(values, dict):
+        return [prefix]
+    return [p for k, v in values.items() for p in leaf_paths(f"{prefix}.{k}", v)]
+
+
+def leaf_hints(section: str, values: Any) -> str:
+    """'; PATH (hint)' for each leaf of an unknown section whose last name has a hint."""
+    hints = [f"{p}{h}" for p in leaf_paths(str(section), values)
+             if (h := key_hint(p.rsplit(".", 1)[-1]))]
+    return "".join(f"; {h}" for h in hints)
+
+
 def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
     if not isinstance(data, dict):
         problems.append(f"{source}: expected a mapping of sections, got {type(data).__name__}")
@@ -466,7 +481,7 @@ def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
             near = difflib.get_close_matches(str(sec_name), sections, n=1, cutoff=0.6)
             hint = f" (did you mean {near[0]!r}?)" if near else key_hint(str(sec_name))
             problems.append(f"{source}: unknown section {sec_name!r}{hint} "
-                            f"(valid: {', '.join(sections)})")
+                            f"(valid: {', '.join(sections)}){leaf_hints(sec_name, values)}")
             continue
         section = getattr(cfg, sec_name)
         if not isinstance(values, dict):
@@ -540,8 +555,8 @@ def parse_override(text: str, cfg: Config | None = None) -> dict:
     path, sep, raw = text.partition("=")
     section, dot, key = path.strip().partition(".")
     if not sep or not dot:
-        raise ConfigError([f"--set {text!r}: expected section.key=value, e.g. train.lr=1e-4"],
-                          "override")
+        raise ConfigError([f"--set {text!r}: expected section.key=value, e.g. train.lr=1e-4"
+                           f"{key_hint(path.strip()) if sep else ''}"], "override")
     hints = _section_hints(type(getattr(cfg or Config(), section, None)))
     if hints.get(key) is str and not raw.strip().startswith(("'", '"')):
         return {section: {key: raw}}
