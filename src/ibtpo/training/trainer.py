@@ -396,6 +396,8 @@ class Trainer:
             with progress_bar(self.progress, total, done_units, "tokens" if t.token_budget
                               else "steps") as bar, self.stop:
                 if self.step == 0:
+                    if self.init_eval is None:
+                        bar.update(done_units, "evaluating train.init on the held-out set")
                     self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
                                         **(self.init_eval or self.evaluate())})
                 while not self.done() and not self.dist.any(self.stop.signum is not None):
@@ -572,11 +574,13 @@ def _mean_metrics(rows: list[dict]) -> dict:
 
 
 def _bar_text(m: dict) -> str:
+    """The progress line's figures, each named as in docs/METRICS.md (rollout/reward_mean,
+    rollout/eff_rate, tree/ib_score, eval/pass@1)."""
     parts = [f"reward {m.get('rollout/reward_mean', float('nan')):.2f}",
-             f"eff {m.get('rollout/eff_rate', float('nan')):.2f}",
-             f"ib {m.get('tree/ib_score', float('nan')):+.3f}"]
+             f"eff_rate {m.get('rollout/eff_rate', float('nan')):.2f}",
+             f"ib_score {m.get('tree/ib_score', float('nan')):+.3f}"]
     if "eval/pass@1" in m:
-        parts.append(f"eval {m['eval/pass@1']:.2f}")
+        parts.append(f"held-out pass@1 {m['eval/pass@1']:.2f}")
     return "  ".join(parts)
 
 
