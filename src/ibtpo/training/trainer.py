@@ -48,8 +48,14 @@ from ibtpo.training import batch as padded
 from ibtpo.training import checkpoint as ckpt
 from ibtpo.training import packing
 from ibtpo.training.distributed import Dist
-from ibtpo.training.faults import (GuardedReward, StopSignals, TrainingError, log,
-                                   nonfinite_message, unscorable_message)
+from ibtpo.training.faults import (
+    GuardedReward,
+    StopSignals,
+    TrainingError,
+    log,
+    nonfinite_message,
+    unscorable_message,
+)
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
 from ibtpo.training.precision import frozen_copy_dtype, resolve_precision
