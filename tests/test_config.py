@@ -206,3 +206,20 @@ def test_the_trl_verl_page_names_only_real_fields():
     assert {"loss.beta_kl", "advantage.beta", "rollout.b0", "sampling.max_new_tokens",
             "train.mini_batches"} <= named
     assert named <= fields, named - fields
+
+
+def test_bare_trl_keys_and_verl_dotted_names_get_a_hint():
+    # `--set learning_rate=1e-6` said only "expected section.key=value"; verl's dotted names
+    # said "unknown section" with no word on what ibtpo calls them
+    with pytest.raises(ConfigError, match=r"'learning_rate=1e-6': expected section.key=value.*"
+                                          r"'learning_rate' is train.lr"):
+        load_config(overrides=["learning_rate=1e-6"])
+    with pytest.raises(ConfigError, match=r"'beta' is loss.beta_kl"):
+        load_config(overrides=["beta=0.04"])
+    with pytest.raises(ConfigError, match=r"unknown section 'actor_rollout_ref' .*; "
+                                          r"actor_rollout_ref.actor.optim.lr \(did you mean "
+                                          r"sft.lr or train.lr\?\)"):
+        load_config(overrides=["actor_rollout_ref.actor.optim.lr=1e-6"])
+    with pytest.raises(ConfigError, match=r"algorithm.kl_ctrl.kl_coef \(TRL/verl's 'kl_coef' is "
+                                          r"loss.beta_kl"):
+        load_config(base={"algorithm": {"kl_ctrl": {"kl_coef": 0.001}}})

@@ -8,7 +8,8 @@ import pytest
 
 from ibtpo.config import Config
 from ibtpo.data.arithmetic import Problem, make_problem
-from ibtpo.evaluation import evaluate, pass_at_k, run_eval, sampled_pass_at
+from ibtpo.data.rewards import RewardSet, RewardTransform
+from ibtpo.evaluation import evaluate, pass_at_k, run_eval, sampled_pass_at, solved_counts
 from ibtpo.models import save_checkpoint
 
 PROBLEMS = [make_problem([1, 2], ["+"]), make_problem([3, 4, 5], ["+", "-"]),
@@ -100,6 +101,36 @@ def test_sampled_pass_at_averages_problems():
     out = sampled_pass_at([1.0, 0.0, None, 0.5, 1.0, 1.0, 0.0, 0.0], 4)
     assert out == pytest.approx({"sampled_pass@1": 0.375, "sampled_pass@2": (0.5 + 5 / 6) / 2,
                                  "sampled_pass@4": 1.0})
+
+
+def test_solved_counts_by_level():
+    # k = 2 per problem; level 1: only 1.0 counts; level 0.75: 0.8 counts too; None never
+    rewards = [1.0, 0.8, None, 0.5, 0.75, 0.0]
+    assert solved_counts(rewards, 2) == [1, 0, 0]
+    assert solved_counts(rewards, 2, 0.75) == [2, 0, 1]
+
+
+def test_several_functions_all_returning_1_count_as_solved(tiny_model, char_tokenizer):
+    # six equal-weight functions returning 1: a float mean gave 0.9999999999999999, so no sample
+    # was "solved" (pass@k 0 while pass@1 looked like 1.0); the exact mean gives 1.0
+    ones = lambda prompts, completions, **kw: [1.0] * len(completions)  # noqa: E731
+    six = RewardSet([(f"f{i}", ones) for i in range(6)])
+    result = evaluate(tiny_model, char_tokenizer, PROBLEMS, six, k=4, max_new_tokens=2)
+    assert result["pass@1"] == 1.0 and result["avg@4"] == 1.0
+    assert result["sampled_pass@1"] == 1.0 and result["sampled_pass@4"] == 1.0
+    assert result["solved"] == [4, 4, 4]
+
+
+def test_rescaled_rewards_are_solved_at_the_threshold(tiny_model, char_tokenizer):
+    # raw 0.0 on [-1, 1] -> 0.5 after rescaling; threshold 0.0 -> level 0.5: solved
+    def raw(value):
+        return RewardSet([("r", lambda prompts, completions, **kw: [value] * len(completions))],
+                         transform=RewardTransform("rescale", threshold=0.0, low=-1.0, high=1.0))
+
+    assert evaluate(tiny_model, char_tokenizer, PROBLEMS, raw(0.0), k=2,
+                    max_new_tokens=2)["solved"] == [2, 2, 2]
+    assert evaluate(tiny_model, char_tokenizer, PROBLEMS, raw(-0.5), k=2,
+                    max_new_tokens=2)["solved"] == [0, 0, 0]
 
 
 def test_evaluation_reports_sampled_pass_at_k_up_to_k(tiny_model, char_tokenizer):

@@ -106,8 +106,62 @@ def test_guarded_reward_scores_the_rest_and_names_the_failing_prompt(caplog):
         stopping(["1+2=?\n", "7+1=?\n"], ["a", "b"], answer=["3", "8"])
 
 
+def test_a_function_that_never_scored_and_raises_on_everything_stops_at_once():
+    # openr1's accuracy_reward(completions, solution, **kw) without a solution column: TypeError
+    # on every call; it used to score everything None and the run exited 0
+    def accuracy_reward(completions, solution, **kw):
+        return [1.0 for _ in completions]
+
+    def reads_level(completions, **kw):
+        return [float(level > 1) for level in kw["level"]]
+
+    for on_error in ("unscorable", "stop"):
+        guarded = GuardedReward(accuracy_reward, on_error, "openr1.py:accuracy_reward")
+        with pytest.raises(TrainingError, match=r"(?s)'openr1.py:accuracy_reward' raised "
+                           r"TypeError.*missing 1 required positional argument: 'solution'.*"
+                           r"on every completion.*Traceback \(most recent call last\)"):
+            guarded(["1+2=?\n", "3+3=?\n"], ["a", "b"], answer=["3", "6"])
+        guarded = GuardedReward(reads_level, on_error, "levels")
+        with pytest.raises(TrainingError, match=r"(?s)'levels' raised KeyError: 'level'.*"
+                           r"Traceback.*in reads_level\n.*kw\[\"level\"\]"):
+            guarded(["1+2=?\n"], ["a"], answer=["3"])
+    # once it has scored, a call that fails on everything is a bad batch: unscorable, counted
+    guarded = GuardedReward(fails_on_sevens, "unscorable", "custom")
+    assert guarded(["1+2=?\n"], ["a"], answer=["3"]) == [1.0]
+    assert guarded(["7+1=?\n", "7+2=?\n"], ["a", "b"], answer=["8", "9"]) == [None, None]
+    assert guarded.take_errors() == 2
+
+
+def test_the_cli_exits_1_when_the_reward_never_scores(warm_checkpoint, tmp_path, capsys):
+    (tmp_path / "openr1.py").write_text(
+        "def accuracy_reward(completions, solution, **kw):\n    return [1.0] * len(completions)\n")
+    args = ["train", "--config", "grpo", "--no-progress"] + [
+        x for s in SMALL + [f"train.init={warm_checkpoint}", f"train.out_dir={tmp_path / 'run'}",
+                            f"task.reward={tmp_path / 'openr1.py'}:accuracy_reward"]
+        for x in ("--set", s)]
+    assert main(args) == 1  # it exited 0 ("done") having scored every completion None
+    err = capsys.readouterr().err
+    assert "raised TypeError" in err and "'solution'" in err and "on every completion" in err
+
+
+def test_steps_where_every_reward_is_none_warn_then_stop(warm_checkpoint, tmp_path, caplog):
+    trainer = make_trainer(warm_checkpoint, tmp_path, "train.max_unscorable_steps=2")
+    trainer.policy.reward_fn.fn = lambda prompts, completions, **_: [None] * len(completions)
+    with caplog.at_level(logging.WARNING, logger="ibtpo"):
+        trainer.step_and_record()
+    assert trainer.unscorable_streak == 1
+    assert "step 1: every reward was None" in caplog.text and "1 in a row" in caplog.text
+    with pytest.raises(TrainingError, match=r"step 2: every reward was None.*2 in a row.*"
+                                            r"train.max_unscorable_steps"):
+        trainer.step_and_record()
+    trainer.unscorable_streak = 1  # one scored trajectory resets the count
+    trainer.check_unscorable({"rollout/num_trajectories": 8.0, "rollout/unscorable": 7.0})
+    assert trainer.unscorable_streak == 0
+
+
 def test_a_raising_reward_is_counted_unscorable_in_training(warm_checkpoint, tmp_path):
     trainer = make_trainer(warm_checkpoint, tmp_path)
+    trainer.train_step()  # the function has scored: a later failure is one of its items
     trainer.policy.reward_fn.fn = lambda prompts, completions, **_: 1 / 0
     metrics = trainer.train_step()
     g = metrics["rollout/num_trajectories"]  # every completion failed: all unscorable

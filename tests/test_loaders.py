@@ -13,6 +13,7 @@ import pytest
 from ibtpo.config import TaskConfig
 from ibtpo.data import ArithmeticTask, DatasetTask, load_task
 from ibtpo.data.loaders import load_hf, load_jsonl, load_parquet
+from ibtpo.evaluation import reward_columns
 
 
 def write_jsonl(path, rows):
@@ -29,8 +30,45 @@ def test_jsonl_rows_become_problems_with_extra_columns(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", rows(3)[:2] + ["", rows(3)[2]])  # blank line skipped
     problems = load_jsonl(path).problems
     assert [p.answer for p in problems] == ["1", "2", "3"]  # numbers are kept as text
-    assert problems[0].meta == {"source": "unit"} and problems[0].solution == "answer: 1"
-    assert problems[0].columns() == {"answer": "1", "source": "unit"}
+    assert problems[0].solution == "answer: 1"
+    # every column but the prompt's, under its own name (as TRL), and answer as text
+    assert problems[0].columns() == {"answer": "1", "solution": "answer: 1", "source": "unit"}
+
+
+def test_reward_columns_keep_their_names_as_in_trl(tmp_path):
+    # openr1's accuracy_reward(completions, solution, **kw) with task.answer_column=solution:
+    # the column reached reward functions only as `answer`, so every call raised TypeError
+    row = {"problem": "1+1?", "solution": "2", "answer": "other", "level": 3, "prompts": "x"}
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    (p,) = load_jsonl(path, TaskConfig(prompt_column="problem|question",
+                                       answer_column="solution")).problems
+    assert p.columns() == {"answer": "2", "solution": "2", "level": 3}
+
+    def accuracy_reward(completions, solution, **kw):
+        return [float(s in c) for c, s in zip(completions, solution)]
+
+    assert accuracy_reward(prompts=[p.prompt], completions=["it is 2"],
+                           **reward_columns([p])) == [1.0]
+
+
+def test_no_answer_column_when_no_reward_reads_one(tmp_path):
+    # prompt / target columns and says(prompts, completions, target): "1200 of 1200 rows cannot
+    # be used ... field 'answer' is missing", without naming task.answer_column
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"{i}?", "target": str(i)}
+                                               for i in range(4)])
+    with pytest.raises(ValueError, match=r"(?s)4 of 4 rows cannot be used.*field 'answer' is "
+                       r"missing \(task.answer_column; fields: prompt, target\).*hint: set "
+                       r"task.answer_column to the column of the reference answer, or "
+                       r"task.answer_column=''"):
+        load_task(TaskConfig(name=str(path), eval_size=1))
+    task = load_task(TaskConfig(name=str(path), eval_size=1, answer_column=""))
+    problems = task.train_set() + task.eval_set()
+    assert sorted(p.columns()["target"] for p in problems) == ["0", "1", "2", "3"]
+    assert all("answer" not in p.columns() and p.answer is None for p in problems)
+    # a column named answer is then passed as it is, as any other column
+    (p,) = load_jsonl(write_jsonl(tmp_path / "e.jsonl", [{"prompt": "q", "answer": 7}]),
+                      TaskConfig(answer_column="")).problems
+    assert p.columns() == {"answer": 7}
 
 
 def test_load_task_dispatches_on_the_name(tmp_path):
@@ -50,6 +88,34 @@ def test_file_split_is_seeded_and_disjoint(tmp_path):
     assert not held & train and len(held | train) == 40
     other = load_task(TaskConfig(name=str(path), eval_size=10, seed=4))
     assert other.eval_set() != task.eval_set()
+
+
+def test_small_datasets_hold_out_a_share(tmp_path, capsys):
+    # 50 distinct prompts and the default task.eval_size=1000 failed ("expected more than
+    # eval_size"); now 10% (task.eval_share) are held out, at least 1, at most all but one
+    path = write_jsonl(tmp_path / "d.jsonl", rows(50))
+    task = load_task(TaskConfig(name=str(path)))
+    assert len(task.eval_set()) == 5 and len(task.train_set()) == 45
+    assert "50 distinct prompts, not more than task.eval_size=1000: holding out 5" in \
+        capsys.readouterr().err
+    assert len(load_task(TaskConfig(name=str(path), eval_share=0.3)).eval_set()) == 15
+    two = write_jsonl(tmp_path / "two.jsonl", rows(2))
+    assert len(load_task(TaskConfig(name=str(two), eval_share=1.0)).eval_set()) == 1
+    # more prompts than task.eval_size: exactly eval_size, as before
+    assert len(load_task(TaskConfig(name=str(path), eval_size=49)).eval_set()) == 49
+
+
+def test_rows_and_held_out_rows_given_in_python():
+    train, held = rows(6), rows(8)[6:]
+    task = load_task(TaskConfig(), train + held[:1], eval_rows=held)
+    assert [p.prompt for p in task.eval_set()] == ["6+1=?\n", "7+1=?\n"]
+    assert len(task.train_set()) == 6  # the held-out prompt given as training too is left out
+    with pytest.raises(ValueError, match=r"dataset \(rows given in Python\): 1 distinct prompt"):
+        load_task(TaskConfig(), rows(1))  # it was called "arithmetic" (the default task.name)
+    with pytest.raises(ValueError, match="every training prompt is also held out"):
+        load_task(TaskConfig(), held, eval_rows=held)
+    with pytest.raises(ValueError, match="eval_dataset: held-out rows need a dataset"):
+        load_task(TaskConfig(), eval_rows=held)
 
 
 @pytest.mark.parametrize("bad_line, message", [
@@ -74,9 +140,10 @@ def test_bad_task_names_and_sizes(tmp_path):
         load_task(TaskConfig(name=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ValueError, match="expected 'arithmetic', a .jsonl/.parquet file"):
         load_task(TaskConfig(name="data.csv"))
-    small = write_jsonl(tmp_path / "small.jsonl", rows(5))
-    with pytest.raises(ValueError, match="5 distinct prompts, but task.eval_size=5"):
-        load_task(TaskConfig(name=str(small), eval_size=5))
+    one = write_jsonl(tmp_path / "one.jsonl", rows(1) * 3)
+    with pytest.raises(ValueError, match=r"one.jsonl: 1 distinct prompt\(s\); a held-out split "
+                                         r"\(task.eval_size, task.eval_share\) needs at least 2"):
+        load_task(TaskConfig(name=str(one)))
     empty = write_jsonl(tmp_path / "empty.jsonl", [""])
     with pytest.raises(ValueError, match="no rows"):
         load_task(TaskConfig(name=str(empty)))
@@ -123,7 +190,7 @@ def test_columns_dotted_paths_chat_messages_and_prompt_template(tmp_path):
     assert p.prompt == "[easy] What is 2+2? Answer in \\boxed{}." and p.answer == "4"
     assert p.meta == {"level": "easy", "reward_model": {"ground_truth": 4}}
     assert loaded.bad == [f"{path}:2: field 'reward_model.ground_truth' is missing "
-                          "(fields: question, reward_model, level)"]
+                          "(task.answer_column; fields: question, reward_model, level)"]
     missing = load_jsonl(path, TaskConfig(prompt_column="question", answer_column="level",
                                           prompt_template="{topic}: {prompt}"))
     assert [b.split(": ", 1)[1] for b in missing.bad] == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 
 import pytest
@@ -18,6 +19,7 @@ from ibtpo.models import (
     count_parameters,
     encode_prompt,
     load_model,
+    looks_local,
     read_extra,
     save_checkpoint,
 )
@@ -86,6 +88,23 @@ def test_unknown_preset_or_path_lists_the_presets(tmp_path, monkeypatch):
         load_model("runs/sft")  # a relative path that would otherwise be tried as a hub name
     with pytest.raises(ValueError, match="unknown dtype"):
         load_model("nano", dtype="float8")
+
+
+def test_a_missing_local_path_fails_at_once_online_too(tmp_path, monkeypatch):
+    # online, models/SmolLM2-135M-Instruct before `make smollm2` cost 55 s of hub retries
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained",
+                        lambda *a, **k: pytest.fail("a local path was tried on the hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for path in ("./models/SmolLM2-135M-Instruct", "models/SmolLM2-135M-Instruct",
+                 str(tmp_path / "nowhere"), "a/b/c", "~/ckpt"):
+        with pytest.raises(ValueError, match=rf"'{re.escape(path)}': no such file or directory "
+                                             r"\(.*a local path, not a hub name"):
+            load_model(path)
+    with pytest.raises(ValueError, match=r"make smollm2 puts SmolLM2-135M-Instruct there"):
+        load_model("./models/SmolLM2-135M-Instruct")
+    assert not looks_local("HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub name: tried online
 
 
 def test_checkpoint_round_trip(tiny_model, char_tokenizer, tmp_path):

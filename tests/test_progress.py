@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ibtpo.progress import progress_bar
+from ibtpo.progress import counted, progress_bar
+from ibtpo.training.trainer import _bar_text
 
 
 def run(enabled, capsys) -> list[str]:
@@ -28,3 +29,13 @@ def test_not_a_terminal_gives_whole_lines_never_a_cut_bar(capsys):
 
 def test_lines_mode_prints_every_update(capsys):
     assert run("lines", capsys) == run(True, capsys)
+
+
+def test_counts_and_the_training_line_say_what_they_count():
+    # the summary said "1 steps"; the line "reward 0.04 eff 0.12 ib -0.002 eval 0.00" named
+    # none of its figures as docs/METRICS.md does
+    assert [counted(n, "step") for n in (0, 1, 2, 1000)] == ["0 steps", "1 step", "2 steps",
+                                                             "1,000 steps"]
+    line = _bar_text({"rollout/reward_mean": 0.04, "rollout/eff_rate": 0.125,
+                      "tree/ib_score": -0.002, "eval/pass@1": 0.5})
+    assert line == "reward 0.04  eff_rate 0.12  ib_score -0.002  held-out pass@1 0.50"

@@ -15,6 +15,7 @@ from ibtpo.data.rewards import (
     get_reward_fn,
     load_reward_fn,
     reward_set_of,
+    weighted_mean,
 )
 from ibtpo.training.faults import GuardedReward
 
@@ -141,6 +142,32 @@ def test_weighted_rewards_and_none_counts():
     assert only_none(prompts=["q"] * 3, completions=["a"] * 3) == [1.0 * 0.5, None, None]
     assert load_reward_fn("numeric,gsm8k", [1.0, 1.0])(
         prompts=["q"], completions=["it is 5"], answer=["#### 5"]) == [0.5]  # numeric: None
+
+
+def test_weighted_mean_is_exactly_in_0_1():
+    ones = lambda prompts, completions, **kw: [1.0] * len(completions)  # noqa: E731
+    zeros = lambda prompts, completions, **kw: [0.0] * len(completions)  # noqa: E731
+    # a float mean of six 1/6-weighted ones is 0.9999999999999999, of 0.6 + 0.3 + 0.1 it is
+    # 1.0000000000000002 (out of [0, 1]); fsum(w * r) / fsum(w) gives exactly 1.0 for both
+    six = RewardSet([(f"f{i}", ones) for i in range(6)])
+    assert six(prompts=["q"] * 2, completions=["c"] * 2) == [1.0, 1.0]
+    three = RewardSet([("a", ones), ("b", ones), ("c", ones)], [0.6, 0.3, 0.1])
+    assert three(prompts=["q"], completions=["c"]) == [1.0]
+    assert RewardSet([("a", zeros), ("b", zeros)], [0.6, 0.4])(
+        prompts=["q"], completions=["c"]) == [0.0]
+    # mixed: (0.6 * 1 + 0.3 * 0 + 0.1 * 1) / 1.0 = 0.7, within one rounding of the exact value
+    mixed = weighted_mean([0.6, 0.3, 0.1], [1.0, 0.0, 1.0])
+    assert 0.0 <= mixed <= 1.0 and mixed == pytest.approx(0.7, abs=1e-15)
+    assert weighted_mean([1e-300, 1.0, 3.0], [1.0, 1.0, 1.0]) == 1.0
+    assert weighted_mean([0.1] * 10, [None] + [1.0] * 9) == pytest.approx(0.9, abs=1e-15)
+
+
+def test_success_level_is_1_unless_rescaled():
+    assert RewardTransform().success_level == 1.0
+    assert RewardTransform("threshold", threshold=3.0).success_level == 1.0
+    # rescale [-1, 1], threshold 0.5 on the function's scale -> (0.5 + 1) / 2 = 0.75
+    assert RewardTransform("rescale", threshold=0.5, low=-1.0, high=1.0).success_level == 0.75
+    assert RewardTransform("rescale", threshold=5.0, low=0.0, high=1.0).success_level == 1.0
 
 
 def trl_format(prompts, completions, **kw):  # TRL-style: -1 for a bad format, else 1

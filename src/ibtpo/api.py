@@ -15,7 +15,9 @@
 "arithmetic"), or the rows themselves: a list of dicts or a `datasets.Dataset` with the columns
 `task.prompt_column` and `task.answer_column` (default "prompt", "answer"). `reward_funcs` is one
 function or a list, combined with `reward_weights` (default equal); without it `task.reward` is
-used. `settings` overrides config fields exactly as `--set` does.
+used. `settings` overrides config fields exactly as `--set` does. `eval_dataset` (TRL's name:
+rows, or a source as `dataset` takes) is the held-out set; without it `task.eval_size` distinct
+prompts of `dataset` are held out (`task.eval_share` of them for a dataset that has no more).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ def setting_text(key: str, value) -> str:
 
 def make_trainer(model: str, dataset=None, reward_funcs=None, config: str | list[str] = "ibtpo",
                  settings: dict | None = None, progress: bool = True,
-                 reward_weights: list[float] | None = None) -> Trainer:
+                 reward_weights: list[float] | None = None, eval_dataset=None) -> Trainer:
     """A `Trainer` for `model` (a path, .gguf file, preset or hub name) on `dataset` with
     `reward_funcs` (and `reward_weights`), from the built-in or YAML `config`(s) and `settings`
-    overrides."""
+    overrides; `eval_dataset` (rows or a source, as `dataset`) is the held-out set, when given,
+    instead of a split of `dataset`."""
     if reward_funcs is not None and reward_weights:
         reward_funcs = reward_set_of(reward_funcs, reward_weights)
     configs = [config] if isinstance(config, str) else list(config)
@@ -47,5 +50,7 @@ def make_trainer(model: str, dataset=None, reward_funcs=None, config: str | list
         overrides.append(f"task.name={dataset}")
     overrides += [setting_text(k, v) for k, v in (settings or {}).items()]
     cfg = load_config([resolve_config_path(c) for c in configs], overrides)
-    task = None if dataset is None or isinstance(dataset, str) else load_task(cfg.task, dataset)
+    rows = None if dataset is None or isinstance(dataset, str) else dataset
+    task = (None if rows is None and eval_dataset is None
+            else load_task(cfg.task, rows, eval_dataset))
     return Trainer(cfg, task=task, reward_funcs=reward_funcs, progress=progress)

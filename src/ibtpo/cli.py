@@ -49,11 +49,13 @@ def cmd_sft(args):
 
     from ibtpo.evaluation import format_table
     from ibtpo.models import describe_fingerprint
+    from ibtpo.progress import counted
     from ibtpo.training.sft import run_sft
 
     final = run_sft(cfg, progress=_progress(args))
-    Console().print(format_table(final, cfg.eval.k, f"warm-up: {final['steps']} steps in "
-                                 f"{final['train_seconds']:.0f} s -> {cfg.sft.out_dir}"))
+    title = (f"warm-up: {counted(final['steps'], 'step')} in {final['train_seconds']:.0f} s -> "
+             f"{cfg.sft.out_dir}")
+    Console().print(format_table(final, cfg.eval.k, title))
     print(f"fingerprint: {describe_fingerprint(final['fingerprint'])}")
 
 
@@ -101,12 +103,14 @@ def check_init(cfg: Config) -> None:
 
 def train_summary(trainer, last: dict, seconds: float) -> str:
     """One line on a finished run: steps, tokens, time, final evaluation, where things are."""
+    from ibtpo.progress import counted
     from ibtpo.training.checkpoint import latest_checkpoint
 
     out = trainer.cfg.train.out_dir
     minutes, secs = divmod(int(seconds), 60)
-    parts = [f"ibtpo train: done: {trainer.step} steps, {trainer.generated_tokens:,} generated "
-             f"tokens in {minutes} min {secs:02d} s"]
+    parts = [f"ibtpo train: done: {counted(trainer.step, 'step')}, "
+             f"{counted(trainer.generated_tokens, 'generated token')} in {minutes} min "
+             f"{secs:02d} s"]
     if "eval/pass@1" in last:
         parts.append(f"held-out pass@1 {last['eval/pass@1']:.3f}, avg@k {last['eval/avg@k']:.3f}")
     parts.append(f"checkpoint {latest_checkpoint(out)}; metrics {Path(out) / 'metrics.jsonl'}")

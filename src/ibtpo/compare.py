@@ -37,6 +37,7 @@ from ibtpo.metrics import read_metrics
 from ibtpo.models import describe_fingerprint, fingerprint, read_extra
 from ibtpo.provenance import code_version, git_commit
 from ibtpo.stats import fmt_ci, mean_ci, paired_ci
+from ibtpo.training.runlock import LOCK_FILE
 from ibtpo.training.trainer import Trainer, config_with
 
 SUMMARY_FILE = "summary.json"
@@ -253,7 +254,8 @@ def _fresh_run_dir(path: Path) -> None:
     if not path.exists():
         return
     names = {p.name for p in path.iterdir()}
-    if names - {"metrics.jsonl", "tb", "checkpoint", "checkpoints", SUMMARY_FILE} and not names & {
+    if names - {"metrics.jsonl", "tb", "checkpoint", "checkpoints", SUMMARY_FILE,
+                LOCK_FILE} and not names & {
             "metrics.jsonl", SUMMARY_FILE}:
         raise ConfigError([f"train.out_dir: {path} holds files that are not an ibtpo run; "
                            "choose another --out"], "comparison")

@@ -98,6 +98,8 @@ class TaskConfig:
     eval_size: int = F(1000, "number of held-out problems (1,000 resolve about 3 points of "
                        "accuracy near 50% in one evaluation; paired comparisons resolve less)",
                        min=1)
+    eval_share: float = F(0.1, "datasets with no more than eval_size distinct prompts hold out "
+                          "this share of them instead (at least 1)", min=0.0, max=1.0)
     seed: int = F(0, "seed of the problem generator (splits are disjoint for any seed)", min=0)
     countdown_sizes: list[int] = F([3, 4], "task.name=countdown: how many numbers a problem "
                                    "gives, drawn uniformly from this list (each 2..6)")
@@ -112,7 +114,9 @@ class TaskConfig:
     prompt_column: str = F("prompt", "dataset column of the prompt (a.b = field b of column a; "
                            "a list of chat messages gives its last user message; a|b = the "
                            "first of a, b that the row has)")
-    answer_column: str = F("answer", "dataset column of the reference answer (a.b, a|b as above)")
+    answer_column: str = F("answer", "dataset column of the reference answer (a.b, a|b as "
+                           "above), passed to rewards as `answer`; '' = none (rows need only a "
+                           "prompt; for reward functions that read other columns)")
     subset: str = F("", "Hugging Face dataset configuration, e.g. 'main' for openai/gsm8k")
     prompt_template: str = F("", "datasets: str.format template of the prompt over the row's "
                              "columns, {prompt} = the prompt column ('' = the prompt as it is)")
@@ -138,7 +142,10 @@ class TaskConfig:
                               "setting) or 'rescale' ((reward - low) / (high - low), [low, high] "
                               "= reward_range); applied to the weighted mean of the functions",
                               choices=("none", "threshold", "rescale"))
-    reward_threshold: float = F(0.5, "reward_transform=threshold: a reward >= this is a success")
+    reward_threshold: float = F(0.5, "the reward (on the function's own scale) at and above "
+                                "which a completion is a success: reward_transform=threshold "
+                                "maps it to 1, else 0; with rescale, evaluation counts a sample "
+                                "solved at and above it (otherwise solved = reward 1)")
     reward_range: list[float] = F([0.0, 1.0], "reward_transform=rescale: [low, high] of the "
                                   "reward (a reward outside stops the run)")
 
@@ -302,6 +309,12 @@ class TrainConfig:
     keep_checkpoints: int = F(3, "checkpoints kept in {out_dir}/checkpoints (the newest K)", min=1)
     max_nonfinite_steps: int = F(3, "stop after this many steps in a row with a NaN/inf loss or "
                                  "gradient (each is skipped, weights untouched); 0 = never", min=0)
+    max_unscorable_steps: int = F(3, "stop after this many steps in a row whose every reward is "
+                                  "None (the reward function returned None for, or raised on, "
+                                  "every completion: nothing to train on); each such step is "
+                                  "warned about; 0 = never. A function that raises on every "
+                                  "completion before it ever scored one stops the run at once",
+                                  min=0)
     out_dir: str = F("runs/train", "output directory (metrics.jsonl, tensorboard, checkpoints)")
     seed: int = F(0, "seed of prompts, sampling and tie-breaking", min=0)
     tensorboard: bool = F(True, "also write TensorBoard event files")
@@ -456,6 +469,21 @@ def key_hint(key: str, section: str | None = None) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
+def leaf_paths(prefix: str, values: Any) -> list[str]:
+    """The dotted paths of the leaves of nested mappings (verl's 'actor_rollout_ref.actor.optim.lr'
+    from YAML or from one --set key)."""
+    if not isinstance(values, dict):
+        return [prefix]
+    return [p for k, v in values.items() for p in leaf_paths(f"{prefix}.{k}", v)]
+
+
+def leaf_hints(section: str, values: Any) -> str:
+    """'; PATH (hint)' for each leaf of an unknown section whose last name has a hint."""
+    hints = [f"{p}{h}" for p in leaf_paths(str(section), values)
+             if (h := key_hint(p.rsplit(".", 1)[-1]))]
+    return "".join(f"; {h}" for h in hints)
+
+
 def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
     if not isinstance(data, dict):
         problems.append(f"{source}: expected a mapping of sections, got {type(data).__name__}")
@@ -466,7 +494,7 @@ def _merge(cfg: Config, data: Any, source: str, problems: list[str]) -> None:
             near = difflib.get_close_matches(str(sec_name), sections, n=1, cutoff=0.6)
             hint = f" (did you mean {near[0]!r}?)" if near else key_hint(str(sec_name))
             problems.append(f"{source}: unknown section {sec_name!r}{hint} "
-                            f"(valid: {', '.join(sections)})")
+                            f"(valid: {', '.join(sections)}){leaf_hints(sec_name, values)}")
             continue
         section = getattr(cfg, sec_name)
         if not isinstance(values, dict):
@@ -554,8 +582,8 @@ def parse_override(text: str, cfg: Config | None = None) -> dict:
     path, sep, raw = text.partition("=")
     section, dot, key = path.strip().partition(".")
     if not sep or not dot:
-        raise ConfigError([f"--set {text!r}: expected section.key=value, e.g. train.lr=1e-4"],
-                          "override")
+        raise ConfigError([f"--set {text!r}: expected section.key=value, e.g. train.lr=1e-4"
+                           f"{key_hint(path.strip()) if sep else ''}"], "override")
     hints = _section_hints(type(getattr(cfg or Config(), section, None)))
     if hints.get(key) is str and not raw.strip().startswith(("'", '"')):
         return {section: {key: raw}}

@@ -5,10 +5,15 @@
   problem i draws from the stream key (seed, `eval/sampling`, i, j) (`ibtpo.seeding`), so it
   does not depend on the batch size or on how many problems are evaluated; skipped when k = 0.
 - sampled pass@j for j in PASS_KS up to k: the unbiased estimator of Chen et al. (2021) from the
-  same k samples, 1 - C(k - c, j) / C(k, j) for a problem with c solved samples (a sample is
-  solved when its reward is 1; None counts as unsolved), averaged over problems. sampled pass@1
-  equals avg@k for binary rewards; pass@16 needs k >= 16 (1,000 problems x 16 samples: about
-  16 times the greedy pass's generation).
+  same k samples, 1 - C(k - c, j) / C(k, j) for a problem with c solved samples, averaged over
+  problems. sampled pass@1 equals avg@k for binary rewards; pass@16 needs k >= 16 (1,000
+  problems x 16 samples: about 16 times the greedy pass's generation).
+- Solved (choice): a sample is solved when its reward, combined over the reward functions
+  (exactly: `ibtpo.data.rewards.weighted_mean`) and transformed, is 1 -- every function fully
+  satisfied; binary rewards, and reward_transform=threshold, whose reward >=
+  [`task.reward_threshold`] is 1. Under reward_transform=rescale a sample is solved when its
+  reward on the function's own scale is >= `task.reward_threshold` (`success_level`). None
+  counts as unsolved.
 - A `None` reward (the problem cannot be scored) counts as 0 and is counted in `unscorable`
   (problems whose greedy completion could not be scored).
 - `by_terms` groups problems by `Problem.n_terms` (built-in task); rows without it (n_terms = 0)
@@ -70,10 +75,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def sampled_pass_at(rewards: list, k: int) -> dict[str, float]:
+def success_level(reward_fn) -> float:
+    """The reward at and above which a sample is solved: its transform's `success_level` (1.0,
+    or `task.reward_threshold` rescaled under reward_transform=rescale); 1.0 for a plain
+    function."""
+    return getattr(getattr(reward_fn, "transform", None), "success_level", 1.0)
+
+
+def solved_counts(rewards: list, k: int, level: float = 1.0) -> list[int]:
+    """Solved samples of each problem (k per problem, problem-major): reward >= `level`; None
+    counts as unsolved."""
+    return [sum(r is not None and r >= level for r in rewards[i:i + k])
+            for i in range(0, len(rewards), k)]
+
+
+def sampled_pass_at(rewards: list, k: int, level: float = 1.0) -> dict[str, float]:
     """{"sampled_pass@j": mean over problems} for j in PASS_KS up to k, from `rewards` holding k
-    samples per problem (problem-major)."""
-    solved = [sum(r == 1 for r in rewards[i:i + k]) for i in range(0, len(rewards), k)]
+    samples per problem (problem-major); solved means reward >= `level` (`success_level`)."""
+    solved = solved_counts(rewards, k, level)
     return {f"sampled_pass@{j}": sum(pass_at_k(k, c, j) for c in solved) / len(solved)
             for j in PASS_KS if j <= k}
 
@@ -132,10 +151,10 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
               "truncated": sum(s.stop_reason == "length" for s in samples) / len(samples),
               "mean_tokens": sum(len(s.token_ids) for s in samples) / len(samples)}
     if sampled is not None:
+        level = success_level(reward_fn)
         result[f"avg@{k}"] = mean_reward(sampled)
-        result.update(sampled_pass_at(sampled, k))
-        result["solved"] = [sum(r == 1 for r in sampled[i:i + k])
-                            for i in range(0, len(sampled), k)]
+        result.update(sampled_pass_at(sampled, k, level))
+        result["solved"] = solved_counts(sampled, k, level)
     return result
 
 

@@ -162,6 +162,9 @@ def load_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool = Fal
     if not local.exists() and hf_constants.HF_HUB_OFFLINE:
         raise ValueError(f"{path!r}: no such file or directory (and, offline, not a hub name "
                          f"either: HF_HUB_OFFLINE is set); {EXPECTED_MODEL}")
+    if not local.exists() and looks_local(path):
+        raise ValueError(f"{path!r}: no such file or directory ({local.resolve()}; a local path, "
+                         f"not a hub name 'org/name'){make_hint(path)}; {EXPECTED_MODEL}")
     kwargs = {"trust_remote_code": trust_remote_code,
               **({"local_files_only": True} if local.exists() else {})}
     tokenizer = _named_failure(path, "tokenizer", "tokenizer.json, tokenizer_config.json",
@@ -172,6 +175,18 @@ def load_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool = Fal
                                                                             **kwargs))
     check_vocab(model, tokenizer, path)
     return model, with_pad_token(tokenizer)
+
+
+def looks_local(path: str) -> bool:
+    """Is `path` written as a local path, never a hub name 'org/name': absolute, starting with
+    '.' or '~', with a backslash or two or more '/', or whose first part exists here."""
+    parts = Path(path).parts
+    return (Path(path).is_absolute() or path.startswith((".", "~")) or "\\" in path
+            or path.count("/") >= 2 or (len(parts) > 1 and Path(parts[0]).exists()))
+
+
+def make_hint(path: str) -> str:
+    return " (make smollm2 puts SmolLM2-135M-Instruct there)" if "SmolLM2" in path else ""
 
 
 class LoadError(ValueError):

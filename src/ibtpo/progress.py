@@ -51,6 +51,11 @@ class _Lines:
         print(f"{line}  {text}" if text else line, file=self.stream, flush=True)
 
 
+def counted(n: int, unit: str) -> str:
+    """'1 step', '2 steps', '1,000 steps' (`unit` singular, plural by an 's')."""
+    return f"{n:,} {unit}{'' if n == 1 else 's'}"
+
+
 def is_terminal() -> bool:
     """Whether standard error is an interactive terminal (a TTY; FORCE_COLOR does not count)."""
     isatty = getattr(sys.stderr, "isatty", None)

@@ -44,13 +44,16 @@ class Problem:
     """One problem. `meta` holds extra dataset columns, passed to reward functions."""
 
     prompt: str
-    answer: str
+    answer: str | None  # None: the dataset has no reference answer (task.answer_column='')
     solution: str = ""  # the reference response (SFT target); "" when unknown
     n_terms: int = 0  # number of terms of a built-in problem; 0 when unknown
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def columns(self) -> dict:
-        """The reward-function columns of this problem: `answer` plus `meta`."""
+        """The reward-function columns of this problem: `answer` (unless there is no reference
+        answer, `task.answer_column=''`) plus `meta`."""
+        if self.answer is None:
+            return dict(self.meta)
         return {"answer": self.answer, **self.meta}
 
 

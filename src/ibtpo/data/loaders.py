@@ -5,11 +5,18 @@ Every source gives rows (dicts). A row becomes a `Problem` through the task conf
   user message), formatted by [`task.prompt_template`] when set: a `str.format` template over the
   row's columns where `{prompt}` is the prompt, e.g. "{prompt}\nPut the answer in \\boxed{{}}.";
 - the reference answer is the column [`task.answer_column`] (text or number, kept as text);
+  `task.answer_column=''` means there is none (rows need only a prompt; reward functions get no
+  `answer` column, so the built-in verifiers cannot be used);
 - column names may be dotted paths into nested fields (`reward_model.ground_truth`), or
   alternatives, the first present one used (`problem|question`: benchmarks differ);
 - optional `solution` (the reference response, needed for SFT) and `n_terms` (an integer, for
-  per-difficulty evaluation); every other top-level column is kept in `Problem.meta` and passed to
-  reward functions as a column.
+  per-difficulty evaluation);
+- reward functions get every top-level column but the prompt's under its own name, as TRL
+  passes them (`def accuracy(completions, solution, **kw)` reads the column `solution`), and
+  `answer`: the reference answer as text, whatever [`task.answer_column`] is (it shadows a
+  column named `answer` when the answer column is another one). Columns are kept in
+  `Problem.meta`; columns named `prompts` or `completions` (the call's own arguments) are not
+  passed.
 
 `task.name` selects the source:
 - "arithmetic": the built-in task (ibtpo.data.arithmetic);
@@ -29,7 +36,11 @@ column) are skipped and reported with their line or index and the reason; when m
 Split (choice): the held-out set is `task.eval_size` distinct prompts (their first rows), picked
 with the held-out stream of `task.seed` (`ibtpo.seeding`) (so a file sorted by difficulty still
 gives a representative held-out set); the remaining rows whose prompt is not held out form the
-training split, sampled with replacement by `train_batch`.
+training split, sampled with replacement by `train_batch`. A dataset with no more than
+`task.eval_size` distinct prompts holds out [`task.eval_share`] of them instead (at least 1, at
+most all but one; a note says so); one with a single prompt cannot be split. Held-out rows of
+your own (`load_task(cfg, rows, eval_rows)`, `eval_dataset=` in the Python API) replace the
+split: every row whose prompt they do not hold trains.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ibtpo.config import TaskConfig
@@ -46,7 +57,7 @@ from ibtpo.data.countdown import CountdownTask
 from ibtpo.inputs import check_utf8_lines
 from ibtpo.seeding import HELD_OUT, stream_rng
 
-KNOWN_FIELDS = ("solution", "n_terms")
+CALL_ARGUMENTS = ("prompts", "completions")  # a reward function's own keyword arguments
 SHOWN_BAD_ROWS = 10  # bad rows listed in a report; the rest are counted
 
 
@@ -111,11 +122,13 @@ def answer_text(value, name: str) -> str:
     return value
 
 
-def required(row: dict, path: str):
+def required(row: dict, path: str, setting: str):
+    """The value at `path` (config field `setting` names it); BadRow naming both."""
     try:
         return column(row, path)
     except KeyError:
-        raise BadRow(f"field {path!r} is missing (fields: {', '.join(map(str, row))})") from None
+        raise BadRow(f"field {path!r} is missing ({setting}; fields: "
+                     f"{', '.join(map(str, row))})") from None
 
 
 def format_prompt(template: str, prompt: str, row: dict) -> str:
@@ -145,13 +158,23 @@ def row_to_problem(row, cfg: TaskConfig) -> Problem:
     if not isinstance(row, dict):
         raise BadRow(f"expected an object with fields {cfg.prompt_column!r} and "
                      f"{cfg.answer_column!r}, got {type(row).__name__}")
-    prompt = message_text(required(row, cfg.prompt_column), cfg.prompt_column)
-    answer = answer_text(required(row, cfg.answer_column), cfg.answer_column)
+    prompt = message_text(required(row, cfg.prompt_column, "task.prompt_column"),
+                          cfg.prompt_column)
+    answer = (answer_text(required(row, cfg.answer_column, "task.answer_column"),
+                          cfg.answer_column) if cfg.answer_column else None)
     solution, n_terms = optional_fields(row)
-    skip = {*KNOWN_FIELDS, cfg.prompt_column, cfg.answer_column, "answer"}
     return Problem(prompt=format_prompt(cfg.prompt_template, prompt, row), answer=answer,
-                   solution=solution, n_terms=n_terms,
-                   meta={k: v for k, v in row.items() if k not in skip})
+                   solution=solution, n_terms=n_terms, meta=reward_meta(row, cfg))
+
+
+def reward_meta(row: dict, cfg: TaskConfig) -> dict:
+    """The row's columns for reward functions, each under its own name (as TRL passes them):
+    every top-level column but the prompt's (given as `prompts`), `answer` (always the
+    reference text, `task.answer_column`, unless there is none) and the names of the call's own
+    arguments."""
+    skip = {*cfg.prompt_column.split("|"), *CALL_ARGUMENTS} | ({"answer"} if cfg.answer_column
+                                                               else set())
+    return {k: v for k, v in row.items() if k not in skip}
 
 
 def load_jsonl(path: str | Path, cfg: TaskConfig | None = None) -> Loaded:
@@ -245,9 +268,24 @@ def check_bad_rows(loaded: Loaded, max_fraction: float) -> None:
     if share > max_fraction:
         raise ValueError(f"{loaded.source}: {len(loaded.bad)} of {loaded.total} rows cannot be "
                          f"used ({share:.1%}, more than task.max_bad_fraction={max_fraction:g}):\n"
-                         f"{listing}")
+                         f"{listing}{missing_column_hint(loaded.bad)}")
     print(f"warning: {loaded.source}: skipped {len(loaded.bad)} of {loaded.total} rows that "
           f"cannot be used:\n{listing}", file=sys.stderr)
+
+
+MISSING_HINTS = {
+    "task.prompt_column": "set task.prompt_column to the column of the prompt",
+    "task.answer_column": "set task.answer_column to the column of the reference answer, or "
+                          "task.answer_column='' (no reference answer) when no reward function "
+                          "reads one",
+}
+
+
+def missing_column_hint(bad: list[str]) -> str:
+    """A line on what to set, when rows were skipped for a missing prompt or answer column."""
+    hints = [hint for setting, hint in MISSING_HINTS.items()
+             if any(f"({setting};" in b for b in bad)]
+    return "".join(f"\n  hint: {h}" for h in hints)
 
 
 def read_source(cfg: TaskConfig) -> Loaded:
@@ -278,19 +316,45 @@ def load_problems(cfg: TaskConfig) -> list[Problem]:
     return loaded.problems
 
 
-class DatasetTask:
-    """A task over loaded problems, with the interface of ArithmeticTask (seeded split)."""
+def held_out_count(cfg: TaskConfig, n: int, source: str) -> int:
+    """How many of `n` distinct prompts to hold out: `task.eval_size`, or, when the dataset has
+    no more than that, `task.eval_share` of them (at least 1, with a note on stderr)."""
+    if n < 2:
+        raise ValueError(f"{source}: {n} distinct prompt(s); a held-out split (task.eval_size, "
+                         "task.eval_share) needs at least 2, one held out and one to train on; "
+                         "add rows, or give held-out rows of your own (eval_dataset= in the "
+                         "Python API)")
+    if n > cfg.eval_size:
+        return cfg.eval_size
+    count = min(n - 1, max(1, int(n * cfg.eval_share)))
+    print(f"note: {source}: {n} distinct prompts, not more than task.eval_size={cfg.eval_size}: "
+          f"holding out {count} (task.eval_share={cfg.eval_share:g})", file=sys.stderr)
+    return count
 
-    def __init__(self, cfg: TaskConfig, problems: list[Problem]):
-        first = list({p.prompt: i for i, p in reversed(list(enumerate(problems)))}.values())
-        if len(first) <= cfg.eval_size:
-            raise ValueError(f"{cfg.name}: {len(first)} distinct prompts, but task.eval_size="
-                             f"{cfg.eval_size} are held out; expected more than eval_size")
-        self.cfg, self.name = cfg, cfg.name
-        held = set(stream_rng(cfg.seed, HELD_OUT).sample(sorted(first), cfg.eval_size))
-        self._eval = [problems[i] for i in sorted(held)]  # distinct prompts
+
+class DatasetTask:
+    """A task over loaded problems, with the interface of ArithmeticTask (seeded split), or
+    over given training and held-out problems (`eval_problems`; training rows whose prompt is
+    held out are left out)."""
+
+    def __init__(self, cfg: TaskConfig, problems: list[Problem],
+                 eval_problems: list[Problem] | None = None, source: str | None = None):
+        self.cfg, self.name = cfg, source or cfg.name
+        self._eval = (list(eval_problems) if eval_problems is not None
+                      else self.split(problems))  # distinct prompts when split here
         eval_prompts = {p.prompt for p in self._eval}
         self._train = [p for p in problems if p.prompt not in eval_prompts]
+        if not self._train:
+            raise ValueError(f"{self.name}: every training prompt is also held out "
+                             "(eval_dataset holds them all); expected rows to train on")
+
+    def split(self, problems: list[Problem]) -> list[Problem]:
+        """The held-out problems: the first row of `held_out_count` distinct prompts, drawn
+        with the held-out stream of `task.seed`."""
+        first = list({p.prompt: i for i, p in reversed(list(enumerate(problems)))}.values())
+        count = held_out_count(self.cfg, len(first), self.name)
+        held = set(stream_rng(self.cfg.seed, HELD_OUT).sample(sorted(first), count))
+        return [problems[i] for i in sorted(held)]
 
     def eval_set(self) -> list[Problem]:
         """The held-out rows, in file order."""
@@ -309,18 +373,36 @@ class DatasetTask:
         return {"task": asdict(self.cfg), "train_rows": len(self._train)}
 
 
-def load_task(cfg: TaskConfig, rows=None):
-    """The task named by `cfg.name`: the built-in arithmetic task or a dataset (see above).
+def given_problems(data, cfg: TaskConfig, what: str) -> list[Problem]:
+    """The problems of `data`: a source `task.name` takes (a path, "hf:...", "rg:...") or rows
+    (a list of dicts, a `datasets.Dataset`), reported as `what`."""
+    if isinstance(data, (str, Path)):
+        return load_problems(replace(cfg, name=str(data)))
+    loaded = load_rows(data, what, cfg)
+    if not loaded.total:
+        raise ValueError(f"{what}: no rows")
+    check_bad_rows(loaded, cfg.max_bad_fraction)
+    return loaded.problems
+
+
+BUILTIN_TASKS = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
+
+
+def load_task(cfg: TaskConfig, rows=None, eval_rows=None):
+    """The task named by `cfg.name`: a built-in task (arithmetic, countdown) or a dataset.
 
     `rows` (a list of dicts or a `datasets.Dataset`), when given, are the dataset instead of
-    `cfg.name` (the Python API passes a user's data this way).
+    `cfg.name` (the Python API passes a user's data this way). `eval_rows` (rows, or a source as
+    `task.name` takes), when given, are the held-out set: the dataset is then not split.
     """
-    if rows is not None:
-        loaded = load_rows(rows, "dataset", cfg)
-        check_bad_rows(loaded, cfg.max_bad_fraction)
-        return DatasetTask(cfg, loaded.problems)
-    if cfg.name == "arithmetic":
-        return ArithmeticTask(cfg)
-    if cfg.name == "countdown":
-        return CountdownTask(cfg)
-    return DatasetTask(cfg, load_problems(cfg))
+    builtin = BUILTIN_TASKS.get(cfg.name) if rows is None else None
+    if builtin and eval_rows is None:
+        return builtin(cfg)
+    if builtin:
+        raise ValueError("eval_dataset: held-out rows need a dataset to train on (task.name or "
+                         f"dataset=), not the built-in {cfg.name} task")
+    source = "dataset (rows given in Python)" if rows is not None else cfg.name
+    problems = (given_problems(rows, cfg, source) if rows is not None
+                else load_problems(cfg))
+    held = None if eval_rows is None else given_problems(eval_rows, cfg, "eval_dataset")
+    return DatasetTask(cfg, problems, held, source)

@@ -81,7 +81,8 @@ def check_lengths(completions: list, answer: list) -> None:
     if answer is None or len(answer) != len(completions):
         got = "none" if answer is None else len(answer)
         raise ValueError(f"reward: column 'answer' has {got} entries for {len(completions)} "
-                         "completions; expected one reference answer per completion")
+                         "completions; expected one reference answer per completion (the "
+                         "dataset column named by task.answer_column)")
 
 
 def arithmetic_reward(prompts, completions, answer=None, **_) -> list[float | None]:
@@ -286,6 +287,16 @@ class RewardTransform:
         low, high = task.reward_range
         return cls(task.reward_transform, task.reward_threshold, low, high)
 
+    @property
+    def success_level(self) -> float:
+        """The transformed reward at and above which a completion counts as solved (evaluation's
+        sampled pass@k): 1.0 (every function fully satisfied) for "none" and "threshold" (whose
+        rewards are already 0 or 1); for "rescale", `threshold` (on the function's own scale)
+        rescaled, clipped to [0, 1]."""
+        if self.kind != "rescale":
+            return 1.0
+        return min(1.0, max(0.0, (self.threshold - self.low) / (self.high - self.low)))
+
     def __call__(self, value: float, source: str, completion) -> float:
         """`value` (finite, from `source`) mapped into [0, 1]; RewardRangeError when it cannot."""
         if self.kind == "threshold":
@@ -328,10 +339,19 @@ def reward_name(fn: RewardFn) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
+def weighted_mean(weights: list[float], rewards: list) -> float:
+    """fsum(w * r) / fsum(w), a None reward counting as 0: exactly in [0, 1] for rewards in
+    [0, 1] (each rounded w * r is at most w, and fsum and the division round correctly, hence
+    monotonically: all-1 rewards give exactly 1.0, all-0 exactly 0.0)."""
+    return math.fsum(w * (r or 0.0) for w, r in zip(weights, rewards)) / math.fsum(weights)
+
+
 class RewardSet:
     """Several reward functions as one: their weighted mean, with each one's `None`s counted.
 
-    Weights are normalised to sum to 1, so the mean of rewards in [0, 1] stays in [0, 1]. An item
+    The mean is `weighted_mean` (fsum over the weights as given): rewards in [0, 1] give a mean
+    exactly in [0, 1], and equal rewards give that reward (six functions returning 1 give 1.0,
+    not 0.9999999999999999). `weights` holds them normalised to sum to 1. An item
     is `None` (unscorable) only when every function returns None for it; otherwise a function's
     None counts as 0 in the mean (as TRL's nansum) and is counted in `reward/NAME/none`. One
     function alone is passed through unchanged. `pop_metrics()` returns and resets, per function
@@ -348,18 +368,16 @@ class RewardSet:
             raise ValueError(f"reward weights: expected {len(fns)} non-negative weights with a "
                              f"positive sum, got {weights!r}")
         self.names, self.fns = [n for n, _ in fns], [f for _, f in fns]
+        self.raw_weights = [float(w) for w in weights]
         self.weights = [w / sum(weights) for w in weights]
         self.stats = {n: [0.0, 0, 0] for n in self.names}  # sum, scored, None
 
     def __call__(self, prompts, completions, **columns) -> list[float | None]:
         per_fn = [self.call_one(name, fn, prompts, completions, columns)
                   for name, fn in zip(self.names, self.fns)]
-        if len(per_fn) == 1:
-            combined = per_fn[0]
-        else:
-            combined = [None if all(r is None for r in rs) else
-                        sum(w * (r or 0.0) for w, r in zip(self.weights, rs))
-                        for rs in zip(*per_fn)]
+        combined = per_fn[0] if len(per_fn) == 1 else [
+            None if all(r is None for r in rs) else weighted_mean(self.raw_weights, rs)
+            for rs in zip(*per_fn)]
         if self.transform.kind == "none":  # each function was checked in [0, 1]: so is the mean
             return combined
         source = " + ".join(map(repr, self.names)) if len(self.names) > 1 else repr(self.names[0])

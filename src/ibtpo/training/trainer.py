@@ -21,6 +21,7 @@ killed run resumes bit for bit.
 Under ``accelerate launch`` each rank grows the trees of its share of the step's prompts and the
 gradients, loss denominators, token counts and metrics are global (``training/distributed.py``).
 Faults (non-finite steps, raising reward functions, SIGINT/SIGTERM): ``training/faults.py``.
+One run per ``out_dir``: rank 0 locks it before its first write (``training/runlock.py``).
 Precision (fp32 master weights and 16-bit autocast for a 16-bit ``model.dtype``, or pure 16-bit
 parameters with ``train.master_weights = false``): ``training/precision.py``.
 """
@@ -47,11 +48,19 @@ from ibtpo.training import batch as padded
 from ibtpo.training import checkpoint as ckpt
 from ibtpo.training import packing
 from ibtpo.training.distributed import Dist
-from ibtpo.training.faults import GuardedReward, StopSignals, TrainingError, log, nonfinite_message
+from ibtpo.training.faults import (
+    GuardedReward,
+    StopSignals,
+    TrainingError,
+    log,
+    nonfinite_message,
+    unscorable_message,
+)
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
 from ibtpo.training.precision import frozen_copy_dtype, resolve_precision
 from ibtpo.training.reference import set_step_logprobs
+from ibtpo.training.runlock import RunLock
 
 
 class Trainer:
@@ -103,10 +112,12 @@ class Trainer:
                                     ib_prob=a.ib_prob)
         self.problem_rng = stream_rng(cfg.train.seed, TRAIN_PROBLEMS)  # rank 0's prompts are used
         self.step, self.generated_tokens, self.nonfinite_streak = 0, 0, 0
+        self.unscorable_streak = 0  # steps in a row whose every reward was None
         self.loss_share = 1.0  # this rank's share of the loss denominator (set by micro_batches)
         self.stop = StopSignals()
         if state is not None:
             self.load_state_dict(state, found)
+        self.run_lock = RunLock(self.out).acquire() if self.dist.is_main else None  # 1st write
         self.logger = self.open_logger()
 
     def build_policy(self, reward_funcs) -> Policy:
@@ -342,6 +353,21 @@ class Trainer:
         if limit and self.nonfinite_streak >= limit:
             raise TrainingError(text + "; stopping: the weights are those before these steps")
 
+    def check_unscorable(self, metrics: dict) -> None:
+        """Count steps in a row whose every reward was None (warned about); TrainingError at
+        ``train.max_unscorable_steps``."""
+        n = metrics.get("rollout/num_trajectories", 0)
+        if not n or metrics.get("rollout/unscorable", 0) < n:
+            self.unscorable_streak = 0
+            return
+        self.unscorable_streak += 1
+        limit = self.cfg.train.max_unscorable_steps
+        text = unscorable_message(self.step, self.unscorable_streak, limit)
+        if self.dist.is_main:
+            log.warning("%s", text)
+        if limit and self.unscorable_streak >= limit:
+            raise TrainingError(text + "; stopping")
+
     # --- the loop -------------------------------------------------------------------------------
     def done(self) -> bool:
         t = self.cfg.train
@@ -376,6 +402,8 @@ class Trainer:
             with progress_bar(self.progress, total, done_units, "tokens" if t.token_budget
                               else "steps") as bar, self.stop:
                 if self.step == 0:
+                    if self.init_eval is None:
+                        bar.update(done_units, "evaluating train.init on the held-out set")
                     self.logger.log(0, {"train/step": 0, "train/generated_tokens": 0,
                                         **(self.init_eval or self.evaluate())})
                 while not self.done() and not self.dist.any(self.stop.signum is not None):
@@ -396,6 +424,7 @@ class Trainer:
             last.update(self.evaluate())
         self.logger.log(self.step, last)
         self.check_nonfinite(last)
+        self.check_unscorable(last)
         ckpt.fault_point("step:end", self.step)
         if every and self.step % every == 0:
             self.save_checkpoint()
@@ -452,6 +481,7 @@ class Trainer:
         return {"format": ckpt.STATE_FORMAT, "step": self.step,
                 "generated_tokens": self.generated_tokens,
                 "nonfinite_streak": self.nonfinite_streak,
+                "unscorable_streak": self.unscorable_streak,
                 "optimizer": self.dist.optimizer_state_dict(self.model, self.optimizer),
                 "scheduler": self.scheduler.state_dict(), "world_size": self.dist.world,
                 "rng": self.dist.gather(ckpt.capture_rngs(self)),
@@ -494,6 +524,7 @@ class Trainer:
                              f"config ({type(err).__name__}: {str(err)[:200]})") from None
         self.step, self.generated_tokens = state["step"], state["generated_tokens"]
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.unscorable_streak = int(state.get("unscorable_streak", 0))
         if state.get("task") is not None and hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(state["task"])
         ckpt.restore_rngs(self, state["rng"][self.dist.rank], where)
@@ -549,11 +580,13 @@ def _mean_metrics(rows: list[dict]) -> dict:
 
 
 def _bar_text(m: dict) -> str:
+    """The progress line's figures, each named as in docs/METRICS.md (rollout/reward_mean,
+    rollout/eff_rate, tree/ib_score, eval/pass@1)."""
     parts = [f"reward {m.get('rollout/reward_mean', float('nan')):.2f}",
-             f"eff {m.get('rollout/eff_rate', float('nan')):.2f}",
-             f"ib {m.get('tree/ib_score', float('nan')):+.3f}"]
+             f"eff_rate {m.get('rollout/eff_rate', float('nan')):.2f}",
+             f"ib_score {m.get('tree/ib_score', float('nan')):+.3f}"]
     if "eval/pass@1" in m:
-        parts.append(f"eval {m['eval/pass@1']:.2f}")
+        parts.append(f"held-out pass@1 {m['eval/pass@1']:.2f}")
     return "  ".join(parts)
 
 
