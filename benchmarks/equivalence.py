@@ -9,7 +9,8 @@ For every code version found in the committed records (results/runs/**/*.json) t
 does not accept yet, the commit that wrote them is checked out in a temporary git worktree (whose
 code version must be the record's), and the same PROBES run under both trees, each in its own
 process: short GRPO and IB-TPO runs from the testbed warm-up with the studies' evaluation settings,
-on-policy and with off-policy mini-batches at a high learning rate. The versions count as the same
+on-policy and with off-policy mini-batches at a high learning rate, and on the Countdown testbed
+(Study 5) where both trees have it. The versions count as the same
 when every value a record keeps (`compare.RECORD_KEYS` and every eval/ key) is equal bit for bit at
 every step and the final weights' digests are equal; a metric that only today's code logs is
 listed, not counted against. The pair is then added to results/runs/equivalent.json, which the
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import EQUIVALENCE, RESULTS, ROOT, warmup
+from common import COUNTDOWN, COUNTDOWN_WARMUP_DIR, EQUIVALENCE, RESULTS, ROOT, warmup
 from ibtpo.provenance import code_version, git_commit, same_code
 
 COMMON = ["train.token_budget=16000", "train.eval_every=0", "train.eval_every_tokens=8000",
@@ -36,6 +37,12 @@ COMMON = ["train.token_budget=16000", "train.eval_every=0", "train.eval_every_to
 PROBES = {"grpo_mb4_lr3e-4": ("grpo", ["train.lr=3e-4", "train.mini_batches=4"]),
           "ibtpo_mb4_lr3e-4": ("ibtpo", ["train.lr=3e-4", "train.mini_batches=4"]),
           "ibtpo_default": ("ibtpo", [])}
+# Probes of the Countdown testbed (Study 5), from its warm-up: run only when both trees have the
+# task (records older than it are arithmetic ones).
+COUNTDOWN_PROBES = {"countdown_grpo_mb4_lr3e-4": ("grpo", COUNTDOWN + ["train.lr=3e-4",
+                                                                       "train.mini_batches=4"]),
+                    "countdown_ibtpo": ("ibtpo", COUNTDOWN)}
+COUNTDOWN_FILE = Path("src/ibtpo/data/countdown.py")
 # Run in a child process with PYTHONPATH = the tree under test (argv: config, out_dir, overrides).
 SNIPPET = r"""
 import json, sys
@@ -66,11 +73,18 @@ def tree_version(tree: Path) -> str:
                            "print(code_version())").strip()
 
 
-def probe(tree: Path, model: str, scratch: Path) -> dict:
-    """{probe name: {"weights": digest, "rows": recorded metric rows}} under `tree`."""
+def probes_for(tree: Path) -> dict:
+    """{probe name: (config, overrides)} that `tree` can run."""
+    return {**PROBES, **(COUNTDOWN_PROBES if (tree / COUNTDOWN_FILE).is_file() else {})}
+
+
+def probe(tree: Path, models: dict, scratch: Path) -> dict:
+    """{probe name: {"weights": digest, "rows": recorded metric rows}} under `tree`; `models`:
+    the warm-up of each testbed ({"arithmetic": path, "countdown": path})."""
     out = {}
-    for name, (config, extra) in PROBES.items():
+    for name, (config, extra) in probes_for(tree).items():
         print(f"   {tree}: {name}", flush=True)
+        model = models["countdown" if name in COUNTDOWN_PROBES else "arithmetic"]
         text = python_in(tree, SNIPPET, config, str(scratch / tree.name / name),
                          json.dumps([f"train.init={model}", *COMMON, *extra]))
         line = next(x for x in text.splitlines() if x.startswith("PROBE "))
@@ -79,9 +93,10 @@ def probe(tree: Path, model: str, scratch: Path) -> dict:
 
 
 def differences(old: dict, new: dict) -> tuple[list[str], set[str]]:
-    """(what differs, metrics only `new` logs) between two probes' outputs."""
+    """(what differs, metrics only `new` logs) between two probes' outputs, over the probes
+    both ran."""
     diffs, added = [], set()
-    for name in PROBES:
+    for name in (n for n in new if n in old):
         a, b = old[name], new[name]
         if a["weights"] != b["weights"]:
             diffs.append(f"{name}: final weights {a['weights']} vs {b['weights']}")
@@ -110,11 +125,11 @@ def record_versions() -> dict[str, str]:
     return found
 
 
-def add_pair(old: str, new: str, old_commit: str, probes: int) -> None:
+def add_pair(old: str, new: str, old_commit: str, probes: int, names: list[str]) -> None:
     data = json.loads(EQUIVALENCE.read_text()) if EQUIVALENCE.is_file() else {"pairs": []}
     data["pairs"].append({"old": old, "new": new, "old_commit": old_commit,
                           "new_commit": git_commit(), "date": datetime.date.today().isoformat(),
-                          "probes": sorted(PROBES), "rows_compared": probes,
+                          "probes": sorted(names), "rows_compared": probes,
                           "command": "benchmarks/equivalence.py"})
     EQUIVALENCE.parent.mkdir(parents=True, exist_ok=True)
     tmp = EQUIVALENCE.with_suffix(".tmp")
@@ -122,7 +137,7 @@ def add_pair(old: str, new: str, old_commit: str, probes: int) -> None:
     os.replace(tmp, EQUIVALENCE)
 
 
-def check(rev: str, version: str | None, model: str, today: dict, scratch: Path) -> bool:
+def check(rev: str, version: str | None, models: dict, today: dict, scratch: Path) -> bool:
     """Probe `rev` against today's probe output; record the pair when they agree."""
     tree = scratch / f"base-{rev[:12]}"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=ROOT,
@@ -133,17 +148,18 @@ def check(rev: str, version: str | None, model: str, today: dict, scratch: Path)
             print(f"== {rev[:12]}: its code version is {got}, not the records' {version}: "
                   "not checked (pass --base with the commit that wrote them)")
             return False
-        diffs, added = differences(probe(tree, model, scratch), today)
+        theirs = probe(tree, models, scratch)
+        diffs, added = differences(theirs, today)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
     if diffs:
         print(f"== {got} ({rev[:12]}) computes other numbers than today's code:\n   "
               + "\n   ".join(diffs))
         return False
-    rows = sum(len(p["rows"]) for p in today.values())
-    add_pair(got, code_version(), rev, rows)
+    rows = sum(len(today[n]["rows"]) for n in theirs)
+    add_pair(got, code_version(), rev, rows, list(theirs))
     print(f"== {got} ({rev[:12]}) = today's {code_version()}: {rows} logged rows and "
-          f"{len(PROBES)} final weights identical"
+          f"{len(theirs)} final weights identical"
           + (f"; metrics only today's code logs: {', '.join(sorted(added))}" if added else "")
           + f"; written to {EQUIVALENCE.relative_to(ROOT)}")
     return True
@@ -161,12 +177,17 @@ def main() -> None:
     if not todo:
         print(f"every committed record's code version is accepted by today's {code_version()}")
         return
-    model = str(warmup())
+    models = {"arithmetic": str(warmup()),
+              "countdown": str(warmup(COUNTDOWN, COUNTDOWN_WARMUP_DIR))}
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         print("== probing today's code", flush=True)
-        today = probe(ROOT, model, scratch)
-        results = [check(rev, version, model, today, scratch) for rev, version in todo.items()]
+        today = probe(ROOT, models, scratch)
+        for rev, version in todo.items():
+            if version in same_code(EQUIVALENCE):  # linked meanwhile through another version
+                continue
+            results.append(check(rev, version, models, today, scratch))
     sys.exit(0 if all(results) else 1)
 
 
