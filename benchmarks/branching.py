@@ -1,6 +1,6 @@
 """Study 1 (paper Table 3): branching strategies on one warm-up checkpoint, no training.
 
-    .venv/bin/python benchmarks/branching.py [--quick] [--prompts N] [--model DIR]
+    .venv/bin/python benchmarks/branching.py [--quick] [--prompts N] [--model DIR] [--task T]
 
 Grows one tree per prompt, for the same held-out prompts, with each strategy (independent G = 8
 and G = 12; random, width, entropy and IB trees (B0, L, K, Bn) = (4, 9, 1, 1), G = 12; the IB tree
@@ -10,6 +10,8 @@ to independent G = 8, the share of branches taken at the root, the mean branch d
 shared prefix (tokens), the cost of a branch relative to a full response, and the root's IB-Score
 and cov. Every figure has a 95% bootstrap interval over prompts (paired across strategies: the
 same prompts are resampled together). The warm-up checkpoint is the testbed's (made when missing).
+`--task countdown`: the same on the Countdown testbed (Study 5) from its warm-up, written to
+results/branching_countdown.{md,json,png}.
 
 The paper (Table 3, Qwen3-8B): 12 IB-tree trajectories for 7,592 tokens against 8 independent
 ones for 7,469, i.e. 1.52x the trajectories per token, with a branch costing 0.52 of a response.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import RESULTS, warmup, write_section
+from common import COUNTDOWN, COUNTDOWN_WARMUP_DIR, RESULTS, warmup, write_section
 from ibtpo.config import load_config
 from ibtpo.core.ib_score import node_ib_scores
 from ibtpo.core.tree import leaf_reward
@@ -49,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=None, help="held-out prompts (default 512)")
     p.add_argument("--model", default=None, help="checkpoint (default: the testbed warm-up)")
     p.add_argument("--seed", type=int, default=0, help="sampling and tie-breaking seed")
+    p.add_argument("--task", choices=("arithmetic", "countdown"), default="arithmetic",
+                   help="testbed (default arithmetic; countdown: Study 5's)")
     return p.parse_args()
 
 
@@ -68,11 +72,12 @@ def tree_record(tree, beta: float) -> dict:
             "ib_root": root.get("ib"), "cov_root": root.get("cov")}
 
 
-def grow(model: str, strategy: dict, prompts: int, seed: int) -> list[dict]:
+def grow(model: str, strategy: dict, prompts: int, seed: int, task: list[str] = ()
+         ) -> list[dict]:
     """Per-prompt records of one strategy on the first `prompts` held-out problems."""
     sets = [f"rollout.{k}={str(v).lower() if isinstance(v, bool) else v}"
             for k, v in strategy.items()]
-    cfg = load_config(overrides=[f"train.init={model}", *sets])
+    cfg = load_config(overrides=[*task, f"train.init={model}", *sets])
     policy = Policy(cfg, model)
     from ibtpo.data import load_task
 
@@ -217,23 +222,28 @@ def main() -> None:
     args = parse_args()
     start = time.perf_counter()
     prompts = args.prompts or (128 if args.quick else 512)
-    model = args.model or str(warmup())
+    countdown = args.task == "countdown"
+    task = COUNTDOWN if countdown else []
+    model = args.model or str(warmup(COUNTDOWN, COUNTDOWN_WARMUP_DIR) if countdown else warmup())
+    name_of = "branching_countdown" if countdown else "branching"
     records = {}
     for name, strategy in STRATEGIES.items():
         t0 = time.perf_counter()
-        records[name] = grow(model, strategy, prompts, args.seed)
+        records[name] = grow(model, strategy, prompts, args.seed, task)
         print(f"{name:24s} {time.perf_counter() - t0:6.0f} s")
     summary = summarise(records)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(summary, RESULTS / "branching.png")
-    body = (f"{prompts} held-out prompts, one tree each per strategy (the same prompts for every "
+    plot(summary, RESULTS / f"{name_of}.png")
+    body = (("Countdown testbed (Study 5). " if countdown else "")
+            + f"{prompts} held-out prompts, one tree each per strategy (the same prompts for every "
             f"strategy), warm-up checkpoint `{model}`, sampling seed {args.seed}. Cells: value "
             "[95% bootstrap interval over prompts, paired across strategies]. `branch cost`: "
             "generated tokens of a branch / tokens of an initial full response.\n\n"
-            + table(summary) + "\n![branching](branching.png)\n\n### Reading (generated)\n\n"
+            + table(summary) + f"\n![branching]({name_of}.png)\n\n### Reading (generated)\n\n"
             + reading(summary))
     print(body)
-    write_section("branching", "Study 1 — branching strategies (paper Table 3), no training", body,
+    title = "Study 1 — branching strategies (paper Table 3), no training"
+    write_section(name_of, title + (", on Countdown" if countdown else ""), body,
                   time.perf_counter() - start, {"prompts": prompts, "model": model,
                                                 "summary": summary, "records": records})
 

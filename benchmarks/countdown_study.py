@@ -22,7 +22,7 @@ was known, and nothing in it is tuned to a result):
   generated tokens and Eff-Rate over training, per method.
 - Order: seed 0 of every method, then seed 1, ...; every finished run writes its record under
   results/runs/countdown/ (committed), so a later invocation continues.
-Writes results/countdown.{md,json} and countdown.png.
+Writes results/countdown_study.{md,json} and countdown_study.png.
 """
 
 from __future__ import annotations
@@ -100,13 +100,13 @@ def report(results: dict, curves: dict, cell: str, seconds: float) -> None:
     paired = ["| outcome (IB-TPO − GRPO) | mean (pt) | 95% interval | seeds | interval |",
               "|---|---|---|---|---|", paired_line(results, "pass@1", name="greedy pass@1")]
     paired += [paired_line(results, f"sampled_pass@{k}", name=f"sampled pass@{k}") for k in KS]
-    plot_curves(curves, RESULTS / "countdown.png", keys=CURVES)
+    plot_curves(curves, RESULTS / "countdown_study.png", keys=CURVES)
     body = (f"Protocol: the docstring of `benchmarks/countdown_study.py`, fixed before its runs. "
             f"Regime: cell {cell} of the pilot. {HORIZON:,} generated tokens per run; 500 "
             "held-out problems. ± and [ ]: 95% t-intervals over seeds; differences paired by "
             "seed, in points.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(paired)
-            + "\n\n![curves](countdown.png)\n")
-    write_section("countdown", "Study 5, part 3 — IB-TPO against GRPO on Countdown", body,
+            + "\n\n![curves](countdown_study.png)\n")
+    write_section("countdown_study", "Study 5, part 3 — IB-TPO against GRPO on Countdown", body,
                   seconds, {"regime": cell, "results": results}, runs=results)
 
 

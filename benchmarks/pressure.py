@@ -227,7 +227,9 @@ def report(all_results: dict, all_curves: dict, horizon: int, seconds: float) ->
     pilot = json.loads(HORIZON_FILE.read_text())
     min_seeds = min(len(runs) for res in all_results.values() for runs in res.values())
     body = (f"Protocol: the docstring of `benchmarks/pressure.py` (grid, horizon rule, collapse "
-            f"rule, seeds), fixed before the runs. Horizon H = {horizon:,} generated tokens: "
+            f"rule, seeds), fixed before the runs. A cell `lrX_mbN` trains with learning rate "
+            f"X (train.lr) and N optimizer steps per rollout batch (train.mini_batches; 1 = "
+            f"on-policy, 4 = off-policy mini-batches). Horizon H = {horizon:,} generated tokens: "
             "GRPO's seed-mean held-out pass@1 in the default cell along the pilot ("
             + ", ".join(f"{m // 1000}k {v:.3f}" for m, v in zip(pilot["milestones"],
                                                                pilot["pass@1"]))

@@ -13,12 +13,18 @@ import re
 
 from common import RESULTS, ROOT
 
-STUDIES = ("branching", "methods", "dynamics", "pressure")
+STUDIES = ("branching", "methods", "dynamics", "pressure", "countdown_warmup",
+           "branching_countdown", "countdown_pilot",
+           "countdown_study")
 INTRO = """# Benchmarks
 
 Every section below was written by the command it names (`benchmarks/<study>.py`), on the machine
 and date it names, and collected here by `benchmarks/report.py`; the numbers, intervals and
-readings are generated from the runs. Testbed: the built-in arithmetic task (4 to 8 terms of
+readings are generated from the runs. Two testbeds. Studies 1–4: the built-in arithmetic task,
+where every problem has one correct chain of steps; Study 5: the built-in Countdown task
+(`task.name=countdown`: reach a target from 3 or 4 numbers with + − × ÷, several correct paths
+and many dead ends per problem), built to test the paper's claim where exploration decides.
+Studies 1–4's testbed: the built-in arithmetic task (4 to 8 terms of
 single-digit operands, one step per operation, 1,000 held-out problems) and the `nano` model
 (a 0.34M-parameter Llama with a character tokenizer) after the default warm-up (`ibtpo sft`: it
 stops at the first validation, every 25 steps on 300 training-distribution problems, whose greedy
