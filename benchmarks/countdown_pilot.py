@@ -8,10 +8,12 @@ demonstrably loses it. Fixed before any run (this docstring is the pilot's proto
 - Method: GRPO (built-in config), from the Countdown warm-up (`countdown_warmup.py`).
 - Grid: train.lr in LRS x train.mini_batches in MINI_BATCHES (as Study 4); everything else the
   default config.
-- Horizon H = HORIZON generated tokens per run (the issue's budget: a 300k-token GRPO run, about
-  10 minutes here), evaluated EVALS times evenly over H plus the warm-up's, on the first
-  EVAL_PROBLEMS held-out problems: greedy pass@1 and eval.k = 64 samples at T = 1 (sampled
-  pass@1..64, unbiased).
+- Horizon H = HORIZON generated tokens per run (1M, Study 4's; a 300k-token GRPO run takes
+  about 1.5 minutes of training here, about 70 optimizer steps, too short to plateau),
+  evaluated EVALS times evenly over H plus the warm-up's, on the first EVAL_PROBLEMS held-out
+  problems: greedy pass@1 and eval.k = 64 samples at T = 1 (sampled pass@1..64, unbiased).
+  Whether a cell's greedy pass@1 has plateaued by H is reported (the mean of its last two
+  evaluations within PLATEAU_PT points of the one before them); it does not enter the verdict.
 - Seeds: SEEDS per cell; seed 0 of every cell first (from the least pressure, the default cell,
   to the most), then seed 1. Every finished run writes its record under
   results/runs/countdown_pilot/ (committed), so a later invocation continues.
@@ -51,9 +53,9 @@ from methods import overrides
 
 LRS = (3e-5, 1e-4, 3e-4)
 MINI_BATCHES = (1, 4)
-HORIZON, EVALS, EVAL_PROBLEMS = 300_000, 3, 500
+HORIZON, EVALS, EVAL_PROBLEMS = 1_000_000, 5, 500
 SEEDS = 2
-LOSS_PT, ENTROPY_FRACTION, STALL_PT = 1.0, 0.5, 2.0
+LOSS_PT, ENTROPY_FRACTION, STALL_PT, PLATEAU_PT = 1.0, 0.5, 2.0, 1.0
 RUNS = ROOT / "runs" / "countdown" / "pilot"
 RECORDS = RESULTS / "runs" / "countdown_pilot"
 REGIME_FILE = RESULTS / "countdown_regime.json"
@@ -99,7 +101,14 @@ def verdict(runs: list[tuple[dict, list[dict]]]) -> dict:
     stalls = ratio < ENTROPY_FRACTION and d1 < STALL_PT
     return {"seeds": len(runs), "delta_pass@64_pt": d64, "delta_pass@1_pt": d1,
             "entropy_ratio": ratio, "narrows": narrows, "entropy_stall": stalls,
-            "loses_balance": narrows or stalls}
+            "loses_balance": narrows or stalls, "plateaued": plateaued(runs)}
+
+
+def plateaued(runs: list[tuple[dict, list[dict]]]) -> bool:
+    """Has the seed-mean greedy pass@1 stopped rising by H (module docstring)?"""
+    curves = [[r["eval/pass@1"] for r in rows if "eval/pass@1" in r] for _, rows in runs]
+    p = np.mean([c[-3:] for c in curves], axis=0)  # the last three evaluations
+    return bool(100 * (p[1:].mean() - p[0]) < PLATEAU_PT)
 
 
 def choose(verdicts: dict) -> str | None:
@@ -116,13 +125,14 @@ def cell_line(cell: str, runs, v: dict) -> str:
     ci = lambda key: fmt_ci(*mean_ci([s[key] for s, _ in runs]))  # noqa: E731
     return (f"| {cell} | {v['seeds']} | {ci('pass@1')} | {v['delta_pass@1_pt']:+.1f} | "
             f"{ci('sampled_pass@64')} | {v['delta_pass@64_pt']:+.1f} | {v['entropy_ratio']:.2f} "
-            f"| {'yes' if v['loses_balance'] else 'no'} |")
+            f"| {'yes' if v['plateaued'] else 'no'} | {'yes' if v['loses_balance'] else 'no'} |")
 
 
 def report(all_runs: dict, verdicts: dict, regime: str | None, seeds: int, seconds: float
            ) -> None:
     head = ["cell", "seeds", "final pass@1", "Δ pass@1 vs warm-up (pt)", "final pass@64",
-            "Δ pass@64 vs warm-up (pt)", "entropy last/first 5 steps", "loses balance"]
+            "Δ pass@64 vs warm-up (pt)", "entropy last/first 5 steps", "pass@1 plateaued",
+            "loses balance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     figures = []
     for cell, runs in all_runs.items():

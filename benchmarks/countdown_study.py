@@ -6,7 +6,7 @@ Fixed before any of its runs (this docstring is the protocol; written before the
 was known, and nothing in it is tuned to a result):
 - Regime: the cell the pilot chose (results/countdown_regime.json, `countdown_pilot.py`): its
   train.lr and train.mini_batches apply to every method; everything else as the pilot (the
-  Countdown warm-up, H generated tokens per run, EVALS evaluations on the first 500 held-out
+  Countdown warm-up, H = 1M generated tokens per run, 5 evaluations on the first 500 held-out
   problems, 64 samples each at T = 1). Without a chosen regime the script stops.
 - Methods (built-in configs): GRPO and IB-TPO, MAIN_SEEDS seeds each; clip-higher GRPO (with the
   regime's mini-batches: off-policy, where clip-higher acts), entropy-bonus GRPO and the random
