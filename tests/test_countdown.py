@@ -137,3 +137,32 @@ def test_bad_countdown_fields_are_config_errors():
         load_config([], ["task.countdown_sizes=[1, 7]", "task.countdown_targets=[50, 10]"])
     text = str(err.value)
     assert "task.countdown_sizes" in text and "task.countdown_targets" in text
+
+
+def test_cli_warms_up_trains_and_evaluates_on_countdown(tmp_path, capsys):
+    """`task.name=countdown` alone: the warm-up trains on its solutions, RL scores every
+    trajectory with the Countdown verifier (its `numbers` column reaches it: no unscorable
+    trajectory), and `ibtpo eval` reports per number count."""
+    import json
+
+    from ibtpo.cli import main
+
+    task = ["task.name=countdown", "task.eval_size=8", "eval.size=8", "eval.k=2",
+            "sampling.max_new_tokens=40", "train.tensorboard=false"]
+    sets = lambda values: [a for v in values for a in ("--set", v)]  # noqa: E731
+    sft = tmp_path / "sft"
+    assert main(["sft", "--no-progress", *sets(task + [
+        f"sft.out_dir={sft}", "sft.steps=4", "sft.batch_size=8", "sft.eval_every=0",
+        "sft.eval_size=8", "sft.stop_at_accuracy=0"])]) == 0, capsys.readouterr().err
+    assert json.loads((sft / "ibtpo.json").read_text())["task"]["name"] == "countdown"
+    run = tmp_path / "run"
+    assert main(["train", "--config", "grpo", "--no-progress", *sets(task + [
+        f"train.init={sft}", f"train.out_dir={run}", "train.steps=2",
+        "train.prompts_per_step=2", "train.eval_every=0"])]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("train/step", 0) > 0]
+    assert len(steps) == 2 and all(r["rollout/unscorable"] == 0 for r in steps)
+    assert all(0.0 <= r["rollout/reward_mean"] <= 1.0 for r in steps)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(sft), *sets(task)]) == 0
+    assert "pass@1" in capsys.readouterr().out

@@ -97,3 +97,24 @@ def test_bf16_master_weights_move_like_fp32_pure_bf16_does_not(tmp_path):
     assert 0.5 < master["median_over_lr"] / fp32["median_over_lr"] < 2
     # Pure bf16: the updates round away for all but the smallest weights.
     assert pure["moved"] < 0.1
+
+
+def test_frozen_copy_in_a_dtype_equals_a_cast_deepcopy_and_keeps_ties(char_tokenizer):
+    import copy
+
+    from ibtpo.models import build_model
+    from ibtpo.training.precision import frozen_copy
+
+    model = build_model("nano", char_tokenizer, seed=0)
+    want = copy.deepcopy(model).to(torch.bfloat16)
+    got = frozen_copy(model, torch.bfloat16)
+    for (name, a), (_, b) in zip(want.state_dict().items(), got.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    for a, b in zip(want.buffers(), got.buffers()):  # rotary inv_freq (not in the state dict)
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert got.lm_head.weight is got.model.embed_tokens.weight  # tied weights stay tied
+    assert not any(p.requires_grad for p in got.parameters()) and not got.training
+    assert next(model.parameters()).dtype == torch.float32  # the policy is untouched
+    same = frozen_copy(model)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 same.state_dict().values()))

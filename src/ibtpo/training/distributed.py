@@ -164,10 +164,9 @@ class Dist:
         copy of its own (before `prepare`), stored in `dtype` when given (the 16-bit copy of fp32
         master weights: `training/precision.py`). Nothing to do otherwise."""
         if self.fsdp:
-            import copy
+            from ibtpo.training.precision import frozen_copy
 
-            copied = copy.deepcopy(policy.model)
-            policy.model = policy.engine.model = copied if dtype is None else copied.to(dtype)
+            policy.model = policy.engine.model = frozen_copy(policy.model, dtype)
 
     def refresh_rollout_model(self, model, policy) -> None:
         """After an optimizer step under FSDP: copy the new full weights into the rollout model."""

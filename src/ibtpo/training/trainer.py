@@ -58,7 +58,7 @@ from ibtpo.training.faults import (
 )
 from ibtpo.training.logprobs import sequence_logprobs
 from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_adapter_weights
-from ibtpo.training.precision import frozen_copy_dtype, resolve_precision
+from ibtpo.training.precision import frozen_copy, resolve_precision
 from ibtpo.training.reference import set_step_logprobs
 from ibtpo.training.runlock import RunLock
 
@@ -87,7 +87,7 @@ class Trainer:
         self.init_fingerprint = fingerprint(self.model)  # train.init as loaded
         needs_ref = cfg.loss.beta_kl > 0 or (cfg.advantage.estimator == "ibtpo"
                                              and cfg.advantage.ib_prob == "ref")
-        self.ref_model = (frozen_copy_dtype(_reference(self.model), self.precision)
+        self.ref_model = (_reference(self.model, self.precision.frozen_dtype)
                           if needs_ref else None)
         state = self.load_weights(found) if found else None
         self.dist.separate_rollout_model(self.policy, self.precision.frozen_dtype)
@@ -555,13 +555,12 @@ class _NullLogger:
         pass
 
 
-def _reference(model):
-    """The reference policy: the base model with the adapters off (LoRA), else a frozen copy."""
+def _reference(model, dtype: torch.dtype | None = None):
+    """The reference policy: the base model with the adapters off (LoRA), else a frozen copy
+    stored in `dtype` (the frozen copies' dtype; None = the policy's)."""
     if is_lora(model):
         return AdaptersDisabled(model)
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
+    return frozen_copy(model, dtype)
 
 
 def split_trees(trees: list, n: int) -> list[list]:
