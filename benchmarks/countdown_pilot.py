@@ -1,6 +1,6 @@
 """Study 5, part 2: the pilot that selects the Countdown regime, with GRPO alone.
 
-    .venv/bin/python benchmarks/countdown_pilot.py [--seeds N] [--cells lr:N ...]
+    .venv/bin/python benchmarks/countdown_pilot.py [--seeds N] [--cells lr:N ...] [--staged]
 
 The question of Study 5 is the paper's: where GRPO loses the exploration-exploitation balance,
 does IB-TPO keep it? This pilot finds, before any IB-TPO run on the task, a regime where GRPO
@@ -163,6 +163,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per cell (default {SEEDS})")
     p.add_argument("--cells", nargs="*", default=None, help="cells as lr:mini_batches")
+    p.add_argument("--staged", action="store_true",
+                   help="train nothing: report the committed records there are")
     args = p.parse_args()
     start = time.perf_counter()
     cells = ([(float(c.split(":")[0]), int(c.split(":")[1])) for c in args.cells]
@@ -171,6 +173,9 @@ def main() -> None:
     all_runs = {}
     for seeds in range(1, args.seeds + 1):
         for lr, n in cells:
+            if args.staged and not (RECORDS / cell_name(lr, n) / "grpo" /
+                                    f"seed{seeds - 1}.json").is_file():
+                continue
             all_runs[cell_name(lr, n)] = run_cell(lr, n, seeds, model)
     verdicts = {cell: verdict(runs) for cell, runs in all_runs.items()}
     report(all_runs, verdicts, choose(verdicts), args.seeds, time.perf_counter() - start)
