@@ -16,7 +16,7 @@
 - Benchmarks (``eval.datasets``, e.g. configs/paper_eval.yaml): `run_benchmarks` evaluates every
   row of each dataset with one model load and prints one table (figures in %), with pass@k (a
   problem solved by any of its k samples) and the unweighted mean over benchmarks.
-All generation goes through `ibtpo.rollout.engine.Engine.generate`.
+All generation goes through an engine's `generate` (`ibtpo.rollout.engines.contract`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from ibtpo.data.rewards import RewardTransform, load_reward_fn
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.metrics import PASS_KS
 from ibtpo.models import encode_prompt, load_model, prompt_encoder, read_extra, stop_token_ids
-from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.torch import TorchEngine
 from ibtpo.seeding import EVAL_SAMPLING, stream_key
 
 
@@ -114,7 +115,7 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     """
     if not problems:
         raise ValueError("evaluate: expected at least one problem, got none")
-    engine = Engine(model, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
+    engine = TorchEngine(model, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
                     batch_size=batch_size)
     encode = encode or (lambda text: encode_prompt(tokenizer, text))
     prompt_ids = [encode(p.prompt) for p in problems]  # once, for the greedy and sampled passes

@@ -15,7 +15,8 @@ from ibtpo.data.rewards import RewardSet, RewardTransform, load_reward_fn, rewar
 from ibtpo.evaluation import evaluate
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.models import load_model, prompt_encoder, resolve_device, stop_token_ids
-from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.torch import TorchEngine
 from ibtpo.rollout.sampler import RolloutParams
 from ibtpo.rollout.scheduler import get_scheduler
 
@@ -68,7 +69,7 @@ class Policy:
         self.encode = prompt_encoder(self.tokenizer, cfg.model.chat_template,
                                      cfg.model.system_prompt)
         self.reward_fn = reward_set(cfg, reward_funcs)
-        self.engine = Engine(self.model, stop_token_ids(self.tokenizer, self.model),
+        self.engine = TorchEngine(self.model, stop_token_ids(self.tokenizer, self.model),
                              self.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size)
         self.autocast_dtype: torch.dtype | None = None  # sampling's autocast (set by Trainer)
 
