@@ -34,8 +34,9 @@ when unset): the engine core must live in this process for the weight pushes to 
 Not supported (clear errors): a model whose head size vLLM's CPU attention lacks (under 32:
 `nano` has 32), a request longer than `max_model_len`, a LoRA policy (`rollout.engine`, config),
 the `continuous` scheduler (it decodes with the torch backend's own KV cache). vLLM's CPU worker
-sets torch to one intra-op thread for the whole process and ignores `torch.set_num_threads`
-afterwards: training forwards then run on one thread unless OMP_NUM_THREADS is set.
+replaces `torch.set_num_threads` with a no-op for the whole process (its own call to lower torch
+to one thread is then skipped too: `torch.get_num_threads()` kept its value here), so set
+threads before building the engine.
 """
 
 from __future__ import annotations
