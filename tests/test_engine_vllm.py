@@ -244,7 +244,8 @@ def test_ibtpo_with_vllm_raises_reward_and_resumes(warm_checkpoint, tmp_path):
     """test_trainer's learning run with rollout.engine=vllm: avg@16 of the policy on its 8
     training prompts (evaluated with the torch engine) rises by more than 0.1 over 25 steps
     (measured over train.seed 0-2, IBTPO_VLLM_TRAIN_SEED: docs/PERFORMANCE.md, "The vLLM
-    engine"); a resumed run pushes the checkpoint's weights into its new vLLM engine before sampling."""
+    engine"); a resumed run pushes the checkpoint's weights into its new vLLM engine before
+    sampling."""
     import gc
 
     from ibtpo.data.rewards import get_reward_fn
