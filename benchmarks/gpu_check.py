@@ -48,7 +48,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from ibtpo.rollout.engine import Engine, SamplingParams  # noqa: E402
+from ibtpo.rollout.engines.contract import SamplingParams  # noqa: E402
+from ibtpo.rollout.engines.torch import TorchEngine as Engine  # noqa: E402
 from ibtpo.rollout.sampler import RolloutParams, sample_trees  # noqa: E402
 from ibtpo.rollout.scheduler import grow_trees_continuously  # noqa: E402
 from ibtpo.seeding import stream_key  # noqa: E402

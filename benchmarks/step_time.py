@@ -31,7 +31,7 @@ import time
 
 import torch
 
-import ibtpo.rollout.engine as engine_module
+import ibtpo.rollout.engines.kv_cache as engine_module
 from common import warmup
 from ibtpo.config import load_config, resolve_config_path
 from ibtpo.training.batch import from_trees
@@ -59,8 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class DecodeCounter:
-    """Decode forwards and the rows they carry (wraps `rollout.engine.extend`, which both the
-    engine's loop and the continuous scheduler's row pool call)."""
+    """Decode forwards and the rows they carry (wraps `rollout.engines.kv_cache.extend`, which
+    both the engine's loop and the continuous scheduler's row pool call)."""
 
     def __init__(self):
         self.calls, self.rows, self.inner = 0, 0, engine_module.extend
@@ -73,7 +73,7 @@ class DecodeCounter:
 
 
 class PrefillClock:
-    """Seconds spent in the engine's prefill (wraps `rollout.engine.prefill`)."""
+    """Seconds spent in the engine's prefill (wraps `rollout.engines.kv_cache.prefill`)."""
 
     def __init__(self):
         self.seconds, self.inner = 0.0, engine_module.prefill

@@ -1,5 +1,5 @@
-"""Tests for ibtpo.rollout.engine: cached decoding equals full forwards, log-probs, stops,
-sampling."""
+"""Tests for the torch engine (ibtpo.rollout.engines: torch, kv_cache, sampling): cached
+decoding equals full forwards, log-probs, stops, sampling."""
 
 import math
 
@@ -7,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ibtpo.rollout.engine import Engine, SamplingParams, draw, extend, prefill, truncate
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.kv_cache import extend, prefill
+from ibtpo.rollout.engines.sampling import draw, truncate
+from ibtpo.rollout.engines.torch import TorchEngine as Engine
 from ibtpo.rollout.streams import uniforms
 from ibtpo.seeding import stream_key
 from toy import EOS, PAD, VOCAB

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ibtpo.config import ConfigError, load_config
-from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.torch import TorchEngine as Engine
 from ibtpo.rollout.pool import Row, RowPool
 from ibtpo.rollout.prefix_cache import PrefixCache
 from ibtpo.rollout.sampler import RolloutParams, sample_trees

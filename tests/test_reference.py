@@ -5,7 +5,8 @@ import pytest
 from ibtpo.core.advantages import AdvParams, get_estimator
 from ibtpo.data.rewards import get_reward_fn
 from ibtpo.models import encode_prompt
-from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.torch import TorchEngine as Engine
 from ibtpo.rollout.sampler import RolloutParams, sample_trees
 from ibtpo.training.reference import fill_ref_logprobs
 

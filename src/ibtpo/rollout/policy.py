@@ -20,8 +20,9 @@ from ibtpo.data.rewards import (
 )
 from ibtpo.evaluation import evaluate
 from ibtpo.inputs import check_prompt_lengths
-from ibtpo.models import load_model, prompt_encoder, resolve_device, stop_token_ids
-from ibtpo.rollout.engine import Engine, SamplingParams
+from ibtpo.models import load_model, prompt_encoder, resolve_device
+from ibtpo.rollout.engines import build_engine
+from ibtpo.rollout.engines.contract import SamplingParams
 from ibtpo.rollout.sampler import RolloutParams
 from ibtpo.rollout.scheduler import get_scheduler
 
@@ -74,8 +75,7 @@ class Policy:
         self.encode = prompt_encoder(self.tokenizer, cfg.model.chat_template,
                                      cfg.model.system_prompt)
         self.reward_fn = reward_set(cfg, reward_funcs)
-        self.engine = Engine(self.model, stop_token_ids(self.tokenizer, self.model),
-                             self.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size)
+        self.engine = build_engine(cfg, self.model, self.tokenizer)  # rollout.engine
         self.autocast_dtype: torch.dtype | None = None  # sampling's autocast (set by Trainer)
 
     def replace_model(self, model) -> None:
@@ -116,7 +116,7 @@ class Policy:
 
     def evaluate(self, cfg: Config, problems, seed: int) -> dict:
         with self.compute():
-            res = evaluate(self.model, self.tokenizer, problems, self.reward_fn,
+            res = evaluate(self.model, self.tokenizer, problems, self.reward_fn, engine=self.engine,
                            k=cfg.eval.k, temperature=cfg.eval.temperature,
                            max_new_tokens=cfg.sampling.max_new_tokens,
                            batch_size=cfg.eval.batch_size, seed=seed, encode=self.encode,

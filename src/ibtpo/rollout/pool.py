@@ -1,6 +1,6 @@
 """The row pool: continuous batching of the rollout's continuations (ALGORITHM.md §3, issue 16).
 
-`Engine.generate` decodes a fixed list of requests to completion. `RowPool.run` keeps a pool of
+`TorchEngine.generate` decodes a fixed list of requests to completion. `RowPool.run` keeps a pool of
 live rows instead: a row leaves the step it stops, `on_finish` hears of it at once, and the rows
 it returns (a tree's next branches) join the running batch at the next decode step while the
 other rows go on decoding. `ibtpo.rollout.scheduler` grows trees on it without a round barrier.
@@ -8,7 +8,7 @@ other rows go on decoding. `ibtpo.rollout.scheduler` grows trees on it without a
 Shape letters: N live rows, T cached positions, W new-token slots, V vocabulary size.
 
 How rows join and leave (the cache is the engine's: `DecodeState` over `PreallocLayer`s):
-- joining rows are prefilled together (`engine.prefill`: left-padded, identical prefixes run
+- joining rows are prefilled together (`kv_cache.prefill`: left-padded, identical prefixes run
   once); their cache is then concatenated to the live one along the batch, the shorter of the two
   left-padded to the longer (a new prefix longer than the cache left-extends the cache). Padded
   positions are masked, so attention gives them weight exactly 0, and position ids are explicit
@@ -20,7 +20,7 @@ How rows join and leave (the cache is the engine's: `DecodeState` over `Prealloc
   without bound while rows come and go;
 - at most `engine.batch_size` rows are live; further rows wait in a queue, first in first out;
 - a row's token t is drawn at the uniform of (its key, t) (`ibtpo.rollout.streams`), as in
-  `Engine.generate`, so a row samples the same tokens in whatever batch it runs;
+  `TorchEngine.generate`, so a row samples the same tokens in whatever batch it runs;
 - with a prefix cache (`rollout.prefix_cache_mb` > 0, `ibtpo.rollout.prefix_cache`), a row that
   stops leaves its cache there, and a queued row whose prefix but its last token is covered by an
   entry joins from that entry instead of a prefill: it is *pending* for one decode step, which
@@ -42,8 +42,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ibtpo.rollout import engine as eng
-from ibtpo.rollout.engine import DecodeState, PreallocLayer, Sample, SamplingParams
+from ibtpo.rollout.engines import kv_cache
+from ibtpo.rollout.engines.contract import Sample, SamplingParams
+from ibtpo.rollout.engines.kv_cache import DecodeState, PreallocLayer
+from ibtpo.rollout.engines.sampling import next_tokens
 from ibtpo.rollout.prefix_cache import Entry, PrefixCache
 
 
@@ -179,7 +181,7 @@ def concat(a: Live, b: Live) -> Live:
 def entries_cache(model, hits: list[Entry], lens: list[int], room: int):
     """A cache of `model` holding the first lens[j] positions of entry hits[j] in row j,
     left-padded to the longest, with `room` free positions after them; and that length T."""
-    cache, t = eng.make_cache(model, 1), max(lens)
+    cache, t = kv_cache.make_cache(model, 1), max(lens)
     if len(cache.layers) != len(hits[0].keys):
         raise ValueError(f"prefix cache: {len(hits[0].keys)} cached layers for a model of "
                          f"{len(cache.layers)}")
@@ -219,14 +221,15 @@ def bytes_per_position(state: DecodeState) -> int:
 
 
 class RowPool:
-    """Continuous batching over a built-in `Engine` (its model, stop ids, padding, batch size and
-    drop fraction)."""
+    """Continuous batching over the built-in `TorchEngine` (its model, stop ids, padding, batch
+    size and drop fraction)."""
 
     def __init__(self, engine, prefix_cache_bytes: int = 0):
         for name in ("model", "stop_ids", "pad_token_id", "batch_size", "drop_fraction"):
             if not hasattr(engine, name):
                 raise ValueError(f"rollout.scheduler: 'continuous' needs the built-in engine "
-                                 f"(ibtpo.rollout.engine.Engine), got {type(engine).__name__} "
+                                 f"(ibtpo.rollout.engines.torch.TorchEngine), got "
+                                 f"{type(engine).__name__} "
                                  f"without `{name}`; use rollout.scheduler=sync")
         self.engine = engine
         self.prefix_cache_bytes = prefix_cache_bytes
@@ -277,7 +280,7 @@ class RowPool:
             if live is not None:
                 self.stats["decode_steps"] += 1
                 self.stats["row_steps"] += len(live)
-                live.logits = eng.extend(self.engine.model, live.state, live.last)
+                live.logits = kv_cache.extend(self.engine.model, live.state, live.last)
                 live.pending.zero_()
 
     def enqueue(self, queue: deque, rows: list[Row], sampling, on_finish) -> None:
@@ -313,7 +316,7 @@ class RowPool:
         if not rows:
             return None
         width = max(r.limit for r in rows)
-        logits, state = eng.prefill(self.engine.model, [r.prefix for r in rows],
+        logits, state = kv_cache.prefill(self.engine.model, [r.prefix for r in rows],
                                     self.engine.pad_token_id, width)  # (n, V)
         self.stats["prefills"] += 1
         return self.new_live(rows, state, logits, pending=False)
@@ -368,7 +371,7 @@ class RowPool:
     def sample_step(self, live: Live, sampling: SamplingParams) -> list[int]:
         """Draw every row's next token, record it for the rows still going; return the rows that
         stop at it."""
-        tok, lp, ent = eng.next_tokens(live.logits, sampling, live.keys, live.done)  # (N,) each
+        tok, lp, ent = next_tokens(live.logits, sampling, live.keys, live.done)  # (N,) each
         active = ~live.stopped & ~live.pending  # pending rows have no logits yet
         going = active.nonzero()[:, 0]
         at = live.done[going]

@@ -42,7 +42,7 @@ from typing import Callable
 
 from ibtpo.core.branching import BranchParams, get_scorer, select_nodes
 from ibtpo.core.tree import Node, Tree, attach_response, leaf_reward, new_tree
-from ibtpo.rollout.engine import SamplingParams
+from ibtpo.rollout.engines.contract import SamplingParams
 from ibtpo.seeding import stream_key
 
 

@@ -37,7 +37,7 @@ from typing import Callable
 
 from ibtpo.core.branching import get_scorer
 from ibtpo.core.tree import Tree, attach_response
-from ibtpo.rollout.engine import Sample, SamplingParams
+from ibtpo.rollout.engines.contract import Sample, SamplingParams
 from ibtpo.rollout.pool import Row, RowPool
 from ibtpo.rollout.sampler import (
     Request,
@@ -151,7 +151,8 @@ def grow_trees_continuously(engine, prompts: list[list[int]], prompt_texts: list
                             progress: Callable[[int, int], None] | None = None
                             ) -> tuple[list[Tree], dict]:
     """`sampler.sample_trees` without the round barrier (same arguments, same trees; see the
-    module docstring). `engine` must be the built-in `Engine` (its model decodes the row pool)."""
+    module docstring). `engine` must be the built-in `TorchEngine` (its model decodes the row
+    pool)."""
     trees = make_trees(prompts, prompt_texts, metas, tree_keys)
     ctx = dict(params=params, sampling=sampling, decode=decode, reward_fn=reward_fn)
     stats = dict.fromkeys(["rollout/generated_tokens", "rollout/unscorable", "rollout/rounds",

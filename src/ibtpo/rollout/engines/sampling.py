@@ -1,0 +1,69 @@
+"""The torch backend's sampling maths: how the next token is drawn from a row's logits.
+
+Shape letters: N rows, V vocabulary size.
+
+Log-prob convention (the engine contract, `ibtpo.rollout.engines.contract`): log-probs and
+entropies are those of softmax(logits / T) over the full vocabulary, before top-k / top-p
+truncation; greedy decoding (T = 0) reports them at T = 1. Log-probs are computed in fp32
+whatever the model dtype.
+
+Sampling is by inverse CDF: each request carries a stream key (`ibtpo.rollout.streams`), and its
+token at position t is the first whose cumulative probability exceeds the uniform of (key, t);
+so a request's sample depends on its key and its prefix alone, never on the batch, the chunking,
+the row order or the device's RNG.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ibtpo.rollout.engines.contract import SamplingParams
+from ibtpo.rollout.streams import uniforms
+
+
+def token_stats(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 log-softmax (N, V) of logits / T (T = 1 when greedy) and the entropy (N,) of it."""
+    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+    logp = F.log_softmax(scaled, dim=-1)  # (N, V)
+    entropy = torch.special.entr(logp.exp()).sum(-1)  # (N,)
+    return logp, entropy
+
+
+def truncate(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf the log-probs (N, V) outside the top-k and the top-p nucleus.
+
+    As in HF and vLLM, top-p is taken over the top-k survivors renormalised to sum to 1.
+    """
+    if top_k > 0 and top_k < logp.shape[-1]:
+        kth = torch.topk(logp, top_k, dim=-1).values[:, -1:]  # (N, 1)
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+        logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
+    if top_p < 1.0:
+        sorted_logp, order = torch.sort(logp, dim=-1, descending=True)  # (N, V)
+        probs = sorted_logp.exp()
+        mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        sorted_logp = sorted_logp.masked_fill(mass_before >= top_p, float("-inf"))
+        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
+    return logp
+
+
+def draw(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Sample one token per row (N,) from log-probs (N, V) by inverse CDF at the uniforms u (N,):
+    the first token whose cumulative probability exceeds u times the total (a token of
+    probability 0 is never drawn)."""
+    cdf = logp.exp().double().cumsum(-1)  # (N, V)
+    target = (u.to(cdf.device) * cdf[:, -1])[:, None]  # (N, 1)
+    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=logp.shape[-1] - 1)
+
+
+def next_tokens(logits, sampling: SamplingParams, keys: torch.Tensor | None,
+                position: int) -> tuple[torch.Tensor, ...]:
+    """Pick the next token of each row (its `position`-th new token; `keys` (N,) are the rows'
+    stream keys, unused when greedy); return (tokens, logprobs, entropies), each (N,)."""
+    logp, entropy = token_stats(logits, sampling.temperature)
+    if sampling.temperature == 0:
+        tokens = logp.argmax(-1)
+    else:
+        tokens = draw(truncate(logp, sampling.top_k, sampling.top_p), uniforms(keys, position))
+    return tokens, logp.gather(-1, tokens[:, None])[:, 0], entropy
