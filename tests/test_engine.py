@@ -198,6 +198,30 @@ def test_draw_is_the_inverse_cdf():
     assert draw(logp, u).tolist() == [0, 1, 1, 2, 2]
 
 
+def test_a_uniform_of_exactly_one_never_draws_a_truncated_token():
+    """u = 1.0 (a stream's largest value rounds to it): before, searchsorted ran past the end and
+    the clamp gave the last id, (0.5, 0.3, 0.2) cut to top-k 2 -> token 2 of probability 0. Now the
+    last token of positive probability: 1."""
+    logp = truncate(torch.tensor([[0.5, 0.3, 0.2]]).log(), 2, 1.0)
+    assert draw(logp, torch.tensor([1.0], dtype=torch.float64)).tolist() == [1]
+    full = torch.tensor([[0.5, 0.3, 0.2]]).log()  # nothing truncated: the last id, as before
+    assert draw(full, torch.tensor([1.0], dtype=torch.float64)).tolist() == [2]
+
+
+def test_top_p_keeps_the_exact_nucleus_on_a_large_vocabulary():
+    """150,000 tokens: two of mass ~0.9 and ~0.1, then a tail of 1e-9 each; top_p half a tail
+    token past 52 of them. The mass before tail token j is p0 + p1 + j * 1e-9, so the nucleus is
+    exactly tokens 0..52 with a margin of 5e-10 on either side: float64 resolves it on any
+    machine, while a float32 cumsum (spacing 6e-8 near 1) cannot tell 60 tail tokens apart."""
+    n, tail = 150_000, 1e-9
+    logp = torch.full((1, n), math.log(tail))
+    logp[0, 0], logp[0, 1] = math.log(0.9), math.log(0.1 - (n - 2) * tail)
+    p0, p1, pt = (math.exp(v) for v in logp[0, :3].tolist())  # of the fp32 log-probs
+    top_p = p0 + p1 + 51.5 * pt  # between the mass before tail token 51 and 52
+    kept = truncate(logp, 0, top_p).isfinite()[0]
+    assert int(kept.sum()) == 2 + 52 and kept[0] and kept[1]  # which tail tokens: a tie
+
+
 def test_draw_matches_probabilities():
     """20k draws from (0.5, 0.3, 0.2) at the uniforms of 20k stream keys: frequencies within
     0.015 (≈ 4 std)."""

@@ -41,8 +41,8 @@ def truncate(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
     if top_p < 1.0:
         sorted_logp, order = torch.sort(logp, dim=-1, descending=True)  # (N, V)
-        probs = sorted_logp.exp()
-        mass_before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        probs = sorted_logp.double().exp()  # float64: an fp32 cumsum over 150k tokens errs by
+        mass_before = probs.cumsum(-1) - probs  # more than the gap to top_p: wrong set size
         sorted_logp = sorted_logp.masked_fill(mass_before >= top_p, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
     return logp
@@ -50,11 +50,14 @@ def truncate(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
 def draw(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Sample one token per row (N,) from log-probs (N, V) by inverse CDF at the uniforms u (N,):
-    the first token whose cumulative probability exceeds u times the total (a token of
-    probability 0 is never drawn)."""
+    the first token whose cumulative probability exceeds u times the total. A token of
+    probability 0 is never drawn: when u times the total rounds to the total (u = 1.0 happens,
+    once in 2^53 draws), the last token of positive probability is taken, not the last id."""
     cdf = logp.exp().double().cumsum(-1)  # (N, V)
-    target = (u.to(cdf.device) * cdf[:, -1])[:, None]  # (N, 1)
-    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=logp.shape[-1] - 1)
+    total = cdf[:, -1:]  # (N, 1)
+    target = u.to(cdf.device)[:, None] * total  # (N, 1)
+    last = (cdf < total).sum(-1)  # (N,) the first index whose cdf is the total
+    return torch.minimum(torch.searchsorted(cdf, target, right=True)[:, 0], last)
 
 
 def next_tokens(logits, sampling: SamplingParams, keys: torch.Tensor | None,
