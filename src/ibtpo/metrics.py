@@ -41,7 +41,9 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/prompts": "number of prompts (trees) in the rollout batch",
     "rollout/reward_mean": "Avg-Rate: mean reward of all sampled trajectories (None counted as 0)",
     "rollout/eff_rate": "Eff-Rate: share of prompts whose trajectories' rewards are not all equal",
-    "rollout/trajectories_per_prompt": "mean number of trajectories (leaves) per tree, G",
+    "rollout/trajectories_per_prompt": "mean number of trajectories (leaves) per tree, G (below "
+                                       "B0 + (L-1)*K*Bn when trees found no node to branch "
+                                       "from: the trainer warns once)",
     "rollout/generated_tokens_per_prompt": "mean generated tokens per tree (no prompt, shared "
                                            "prefixes once)",
     "rollout/trajectories_per_1k_tokens": "trajectories per 1,000 generated tokens "
