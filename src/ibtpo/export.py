@@ -14,7 +14,7 @@ import copy
 from pathlib import Path
 
 from ibtpo.models import load_model, save_checkpoint
-from ibtpo.training.checkpoint import CKPT_DIR, latest_checkpoint
+from ibtpo.runs import checkpoint_of  # noqa: F401 (ibtpo.export's API)
 from ibtpo.training.lora import is_lora
 
 
@@ -29,22 +29,6 @@ def export_model(model, tokenizer, out_dir: str | Path, extra: dict | None = Non
     """Write `model` (merged when LoRA) and its tokenizer to `out_dir`, atomically."""
     save_checkpoint(plain_model(model), tokenizer, out_dir, {"exported": True, **(extra or {})})
     return Path(out_dir)
-
-
-def checkpoint_of(model_path: str) -> str:
-    """`model_path`, or the newest checkpoint when it is a run directory (it holds
-    `checkpoints/` and no model of its own) or that `checkpoints/` directory itself; ValueError
-    when such a directory holds no checkpoint."""
-    path = Path(model_path)
-    run = path.parent if path.name == CKPT_DIR else path
-    if not (run / CKPT_DIR).is_dir() or (path / "config.json").is_file():
-        return model_path
-    found = latest_checkpoint(run)
-    if found is None:
-        raise ValueError(f"{model_path}: a run directory whose {CKPT_DIR}/ holds no checkpoint "
-                         "(expected step-N directories and a 'latest' link; they are written at "
-                         "the end of ibtpo train and every train.ckpt_every steps)")
-    return str(found)
 
 
 def run_export(model_path: str, out_dir: str, dtype: str = "float32") -> Path:
