@@ -615,11 +615,12 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
-                base: dict | None = None) -> Config:
-    """Defaults <- ``base`` dict <- YAML files in order <- ``--set`` overrides; then validate."""
+                base: dict | None = None, base_source: str = "base") -> Config:
+    """Defaults <- ``base`` dict <- YAML files in order <- ``--set`` overrides; then validate.
+    ``base_source`` names where ``base`` came from in errors (e.g. a checkpoint's ibtpo.json)."""
     cfg, problems = Config(), []
     if base:
-        _merge(cfg, base, "base", problems)
+        _merge(cfg, base, base_source, problems)
     for p in paths:
         _merge(cfg, load_yaml(p), str(p), problems)
     for text in overrides:
@@ -628,6 +629,21 @@ def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def known_fields(data: dict) -> tuple[dict, list[str]]:
+    """The sections and fields of `data` (a config as a dict) that Config has, and the dotted
+    names of the others: a config recorded by another version of ibtpo."""
+    kept, dropped = {}, []
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+    for sec, values in data.items():
+        if sec not in sections or not isinstance(values, dict):
+            dropped.append(str(sec))
+            continue
+        names = {f.name for f in dataclasses.fields(sections[sec]())}
+        kept[sec] = {k: v for k, v in values.items() if k in names}
+        dropped += [f"{sec}.{k}" for k in values if k not in names]
+    return kept, dropped
 
 
 def describe() -> list[tuple[str, Any, str]]:

@@ -8,10 +8,13 @@ it. The CLI reads these before it pins the CPU kernels (``ibtpo.kernels``), henc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from pathlib import Path
+
+from ibtpo.config import Config, known_fields
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
@@ -68,3 +71,25 @@ def read_extra(path: str | Path) -> dict:
     if not isinstance(extra, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(extra).__name__}")
     return extra
+
+
+NEVER_RECORDED = (("model", "trust_remote_code"),)  # only the person running a command sets it
+
+
+def recorded_config(model_dir: str | Path) -> tuple[dict, list[str]]:
+    """The config a checkpoint's ibtpo.json records, as (sections, dropped): a training
+    checkpoint's whole config (``config``), a warm-up's ``task``, ``model`` and ``sft``
+    sections; ({}, []) for any other model (a preset, a .gguf file, an export, a plain Hugging
+    Face directory). Fields today's Config lacks (another ibtpo version's) are left out and
+    named in `dropped`. Never ``model.trust_remote_code``: a checkpoint's notes cannot make its
+    own code run."""
+    if not Path(model_dir).is_dir():
+        return {}, []
+    extra = read_extra(model_dir)
+    sections = {f.name for f in dataclasses.fields(Config)}
+    found = (extra["config"] if isinstance(extra.get("config"), dict) else
+             {k: v for k, v in extra.items() if k in sections and isinstance(v, dict)})
+    kept, dropped = known_fields(found)
+    for sec, key in NEVER_RECORDED:
+        kept.get(sec, {}).pop(key, None)
+    return kept, dropped

@@ -509,8 +509,9 @@ class Trainer:
                              f"step-N directories and a '{ckpt.LATEST}' link)")
         if not resume and found is not None:
             raise ValueError(f"train.out_dir={str(self.out)!r} holds the checkpoints of an earlier "
-                             f"run ({found.name}); pass --resume to continue it, or choose another "
-                             "out_dir")
+                             f"run ({found.name}); pass --resume to continue it (`ibtpo train "
+                             "--resume` takes the config recorded in its checkpoint; --set "
+                             "overrides a field), or choose another out_dir")
         return found
 
     def load_weights(self, path: Path) -> dict:
