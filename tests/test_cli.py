@@ -72,11 +72,14 @@ def test_a_reward_out_of_range_stops_train_at_its_first_scoring(tmp_path, capsys
     assert code == 2, err
     assert "reward 'format_penalty' returned -1.0" in err and "task.reward_transform" in err
     assert "Traceback" not in err
+    # nothing written but the run folder's lock (no empty metrics.jsonl, no tb/)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".ibtpo.lock"]
     # the stated way out: the same function, thresholded (-1 < 0.5: every trajectory fails)
     code = main(["train", "--no-progress", *sets(TINY + [
         "train.init=nano", f"train.out_dir={tmp_path / 'run2'}", reward, "train.steps=1",
         "task.reward_transform=threshold"])])
     assert code == 0, capsys.readouterr().err
+    assert {"metrics.jsonl", "checkpoints"} <= {p.name for p in (tmp_path / "run2").iterdir()}
 
 
 def test_a_finished_run_prints_one_summary_line_and_per_step_lines(tmp_path, capsys):

@@ -12,7 +12,6 @@ print one message listing every problem and exit with status 2, without a traceb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -160,7 +159,7 @@ def train_summary(trainer, last: dict, seconds: float) -> str:
 
 def cmd_score(args):
     cfg = command_config(args, say=True)
-    from ibtpo.diagnostics import run_score, run_score_rollouts
+    from ibtpo.diagnostics import print_table, run_score, run_score_rollouts, score_table
 
     if args.rollouts:  # another framework's rollouts: the dynamics table and plot
         run_score_rollouts(cfg, args.rollouts, args.model and _model(args.model),
@@ -169,7 +168,7 @@ def cmd_score(args):
     if not args.model:
         raise ValueError("--model is required (or --rollouts FILE: rollouts of any framework)")
     result = run_score(cfg, _model(args.model), out_json=args.out, progress=_progress(args))
-    print(json.dumps(result, indent=2))
+    print_table(score_table(result))
 
 
 def cmd_export(args):
