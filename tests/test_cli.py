@@ -72,11 +72,14 @@ def test_a_reward_out_of_range_stops_train_at_its_first_scoring(tmp_path, capsys
     assert code == 2, err
     assert "reward 'format_penalty' returned -1.0" in err and "task.reward_transform" in err
     assert "Traceback" not in err
+    # nothing written but the run folder's lock (no empty metrics.jsonl, no tb/)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".ibtpo.lock"]
     # the stated way out: the same function, thresholded (-1 < 0.5: every trajectory fails)
     code = main(["train", "--no-progress", *sets(TINY + [
         "train.init=nano", f"train.out_dir={tmp_path / 'run2'}", reward, "train.steps=1",
         "task.reward_transform=threshold"])])
     assert code == 0, capsys.readouterr().err
+    assert {"metrics.jsonl", "checkpoints"} <= {p.name for p in (tmp_path / "run2").iterdir()}
 
 
 def test_a_finished_run_prints_one_summary_line_and_per_step_lines(tmp_path, capsys):
@@ -113,3 +116,41 @@ def test_demo_runs_end_to_end_and_reuses_its_warm_up(tmp_path, capsys):
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "warm-up: reusing" in again and again.count("reusing the finished run") == 6
+
+
+def test_eval_score_and_resume_use_the_config_recorded_with_the_run(tmp_path, monkeypatch,
+                                                                    capsys):
+    """A run on 2-term sums (TINY, train.init=nano): `eval --model RUN` and `score --model RUN`
+    get the run's task and eval settings, `--set` still overrides them, and `--resume` with
+    only the out_dir continues the run with its own config (it used to fail on the default
+    train.init='runs/sft')."""
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "--no-progress", *sets(TINY + [
+        "train.init=nano", f"train.out_dir={out}", "train.steps=1"])]) == 0
+    seen = []
+    monkeypatch.setattr("ibtpo.evaluation.run_eval", lambda cfg, model, out: seen.append(cfg))
+    monkeypatch.setattr("ibtpo.diagnostics.run_score",
+                        lambda cfg, model, **kw: seen.append(cfg) or {})
+    assert main(["eval", "--model", str(out)]) == 0
+    assert "the config recorded with the run" in capsys.readouterr().err
+    assert main(["eval", "--model", str(out), "--set", "eval.size=2"]) == 0
+    assert main(["score", "--model", str(out)]) == 0
+    assert [(c.task.terms, c.task.max_operand, c.eval.size) for c in seen] == [
+        ([2], 9, 4), ([2], 9, 2), ([2], 9, 4)]
+    capsys.readouterr()
+    assert main(["train", "--no-progress", "--resume", "--set", f"train.out_dir={out}",
+                 "--set", "train.steps=2"]) == 0, capsys.readouterr().err
+    extra = json.loads((out / "checkpoints" / "latest" / "ibtpo.json").read_text())
+    assert extra["step"] == 2 and extra["config"]["train"]["init"] == "nano"
+    assert extra["config"]["rollout"]["b0"] == 2 and extra["config"]["task"]["terms"] == [2]
+
+
+def test_the_stop_hint_says_resume_takes_the_run_config():
+    from ibtpo.cli import resume_hint
+    from ibtpo.config import load_config
+
+    hint = resume_hint(load_config(overrides=["train.out_dir=runs/cli1"]))
+    assert hint.startswith("continue with `ibtpo train --resume --set train.out_dir=runs/cli1`")
+    assert "the config recorded with the run" in hint and "--set overrides" in hint

@@ -27,6 +27,7 @@ def test_compare_runs_every_config_to_the_same_token_budget(warm_checkpoint, tmp
         assert run["init_pass@1"] == results["grpo"][0]["init_pass@1"]  # same warm start
     assert results["ibtpo"][0]["rollout/trajectories_per_prompt"] == 12
     assert results["grpo"][0]["rollout/trajectories_per_prompt"] == 8
+    assert results["ibtpo"][0]["expected_G"] == 12 and results["grpo"][0]["expected_G"] == 8
     assert "| grpo | 1 |" in table and "| ibtpo | 1 |" in table
     # both runs start from the warm-up's weights, and the report names them
     warm = json.loads((warm_checkpoint / "ibtpo.json").read_text())["final_eval"]["fingerprint"]
@@ -189,3 +190,16 @@ def test_a_record_without_a_field_added_since_matches_only_at_its_default():
     assert not same_config({**older, "gone": {"x": 1}}, today)  # a section since removed
     assert not same_config({**today, "train": {**today["train"], "old_field": 1}}, today)
     assert not same_config({**today, "train": {**today["train"], "lr": 1.0}}, today)
+
+
+def test_g_column_reads_as_trajectories_with_the_seeds_range_and_the_asked_g():
+    """G was '4.500 ± 6.353' (a 2-seed t-interval: 12.706 * 0.707 / sqrt(2)); now one decimal,
+    the seeds' lowest and highest, and the G of the config (B0 + (L-1)·K·Bn)."""
+    from ibtpo.compare import G_KEY, rollout_table
+
+    table = rollout_table({"ibtpo": [{G_KEY: 4.0, "expected_G": 12},
+                                     {G_KEY: 5.0, "expected_G": 12}],
+                           "grpo": [{G_KEY: 8.0, "expected_G": 8}] * 2})
+    assert "| ibtpo | 4.5 [4.0–5.0] of 12 |" in table
+    assert "| grpo | 8.0 of 8 |" in table  # every seed the same: no range
+    assert "6.353" not in table and "G: trajectories per prompt" in table

@@ -223,3 +223,17 @@ def test_bare_trl_keys_and_verl_dotted_names_get_a_hint():
     with pytest.raises(ConfigError, match=r"algorithm.kl_ctrl.kl_coef \(TRL/verl's 'kl_coef' is "
                                           r"loss.beta_kl"):
         load_config(base={"algorithm": {"kl_ctrl": {"kl_coef": 0.001}}})
+
+
+def test_field_docs_say_what_warm_up_and_scheduler_promises_cover():
+    """Issue 26 item 16: the warm-up counts optimizer steps (mini-batches shorten it in rollouts)
+    and the continuous scheduler's "same trees" holds in fp32 only."""
+    from ibtpo.config import describe
+
+    docs = {name: text for name, _, text in describe()}
+    assert "optimizer steps" in docs["train.warmup_steps"]
+    assert "mini_batches = N" in docs["train.warmup_steps"]
+    assert "warm-up N-fold" in docs["train.mini_batches"]
+    assert "same trees in fp32" in docs["rollout.scheduler"]
+    assert "16-bit autocast" in docs["rollout.scheduler"]
+    assert "16-bit autocast" in docs["rollout.prefix_cache_mb"]

@@ -33,7 +33,11 @@ def test_score_leaves_the_checkpoint_unchanged(warm_checkpoint, capsys):
     for item in EASY:
         args += ["--set", item]
     assert main(args) == 0
-    assert json.loads(capsys.readouterr().out)["prompts"] == 6
+    out = capsys.readouterr().out  # a table, not a JSON dump
+    assert not out.lstrip().startswith("{") and "IB-Score diagnostics of" in out
+    rows = {cells[0]: cells[1] for line in out.splitlines()
+            if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 2}
+    assert rows["prompts"] == "6" and rows["rollout/trajectories_per_prompt"] == "12.0000"
     after, _ = load_model(str(warm_checkpoint))
     assert all(torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
 
@@ -61,12 +65,14 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_score_rollouts_gives_the_dynamics_table_and_plot(tmp_path):
+def test_score_rollouts_gives_the_dynamics_table_and_plot(tmp_path, capsys):
     from ibtpo.core.ib_score import ib_diagnostics
 
     data = write_jsonl(tmp_path / "rollouts.jsonl", rollout_rows())
     out = tmp_path / "dyn" / "score.json"
     assert main(["score", "--rollouts", str(data), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out  # 80 columns (not a terminal): no header cut
+    assert "…" not in printed and "ib_score_root" in printed and "tsallis_root" in printed
     table = json.loads(out.read_text())["dynamics"]
     assert [row["step"] for row in table] == [0, 1] and table[0]["prompts"] == 2
     e = math.e
@@ -97,3 +103,19 @@ def test_bad_rollout_rows_name_the_line(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt_id": 1, "completion": "x", "reward": 3}])
     with pytest.raises(ValueError, match=r"bad.jsonl:1: reward: got 3"):
         read_rollouts(bad)
+
+
+def test_dynamics_plot_ticks_only_whole_steps():
+    """Two steps (0, 1) used to get ticks at 0.5, 1.5 ...: steps are integers."""
+    import matplotlib.pyplot as plt
+
+    from ibtpo.diagnostics import dynamics_figure
+
+    table = [{"step": s, "ib_score_root": -0.1, "cov_root": 0.0, "tsallis_root": 0.5,
+              "eff_rate": 1.0} for s in (0, 1)]
+    fig = dynamics_figure(table)
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks == [0.0, 1.0], ticks
+    plt.close(fig)

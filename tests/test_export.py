@@ -85,3 +85,29 @@ def test_eval_and_score_take_a_run_directory_too(chat_checkpoint, tmp_path, monk
     assert main(["eval", "--model", str(run)]) == 0
     assert main(["score", "--model", str(run / "checkpoints")]) == 0
     assert seen == [str(run / "checkpoints" / "step-00000002")] * 2
+
+
+def test_the_exported_tokenizer_adds_bos_as_ibtpo_trains(chat_checkpoint, tmp_path):
+    """ibtpo trains on BOS + text: transformers' `tokenizer(text)` of the export gives those ids
+    (the character tokenizer has a BOS it never added itself); a tokenizer without BOS (the
+    chat model's) keeps its ids; the policy's own tokenizer is left as it was."""
+    from ibtpo.models import encode_prompt
+
+    model, tok = load_model("nano")
+    text = "3+5-2=?"
+    plain = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok(text)["input_ids"] == plain  # the character tokenizer adds nothing itself
+    out = run_export("nano", str(tmp_path / "nano"))
+    exported = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert exported(text)["input_ids"] == [tok.bos_token_id] + plain == encode_prompt(tok, text)
+    assert exported.decode(exported(text)["input_ids"], skip_special_tokens=True) == text
+    _, reloaded = load_model(str(out))
+    assert encode_prompt(reloaded, text) == [tok.bos_token_id] + plain  # BOS once, in ibtpo too
+    from ibtpo.export import export_model
+
+    export_model(model, tok, tmp_path / "again")
+    assert tok(text)["input_ids"] == plain  # the caller's tokenizer is unchanged
+    chat = run_export(str(chat_checkpoint), str(tmp_path / "chat"))
+    _, chat_tok = load_model(str(chat_checkpoint))
+    assert AutoTokenizer.from_pretrained(chat, local_files_only=True)(text)["input_ids"] == \
+        chat_tok(text)["input_ids"] == encode_prompt(chat_tok, text)

@@ -15,7 +15,13 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from ibtpo.core.ib_score import ib_diagnostics  # noqa: E402
 from ibtpo.core.tree import split_steps  # noqa: E402
-from ibtpo.integrations.trl import add_ib_diagnostics  # noqa: E402
+from ibtpo.integrations.trl import (  # noqa: E402
+    TRL_METHODS,
+    TRL_OUTPUT_KEYS,
+    add_ib_diagnostics,
+    check_trl,
+    eos_ids,
+)
 
 G = 4
 
@@ -35,17 +41,18 @@ def parity_reward(prompts, completions, **_):
     return [float(len(c) % 2 == 0) for c in completions]
 
 
-def grpo_trainer(checkpoint, out, num_iterations: int):
+def grpo_trainer(checkpoint, out, num_iterations: int, eval_dataset=None, **settings):
     data = Dataset.from_list([{"prompt": f"{a}+{b}=", "answer": str(a + b)}
                               for a in range(4) for b in range(4)])
-    args = GRPOConfig(output_dir=str(out), max_steps=2, per_device_train_batch_size=2 * G,
-                      gradient_accumulation_steps=1, num_generations=G, max_completion_length=12,
-                      temperature=1.0, learning_rate=1e-3, beta=0.0, num_iterations=num_iterations,
-                      use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-                      seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    args = GRPOConfig(**{**dict(
+        output_dir=str(out), max_steps=2, per_device_train_batch_size=2 * G,
+        gradient_accumulation_steps=1, num_generations=G, max_completion_length=12,
+        temperature=1.0, learning_rate=1e-3, beta=0.0, num_iterations=num_iterations,
+        use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, seed=0,
+        dataloader_num_workers=0, disable_tqdm=True), **settings})
     tok = AutoTokenizer.from_pretrained(checkpoint)
     return GRPOTrainer(model=str(checkpoint), reward_funcs=parity_reward, args=args,
-                       train_dataset=data, processing_class=tok)
+                       train_dataset=data, eval_dataset=eval_dataset, processing_class=tok)
 
 
 def reference_root_figures(groups, decode) -> dict:
@@ -102,3 +109,89 @@ def test_rewards_outside_0_1_are_refused(chat_checkpoint, tmp_path):
     ids = torch.ones(G, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="reward_index"):
         diag.groups(ids, torch.ones_like(ids), torch.zeros(G, 3), torch.tensor([2.0, 0, 0, 0]))
+
+
+def test_evaluation_groups_by_num_generations_eval(chat_checkpoint, tmp_path):
+    """TRL evaluates with num_generations_eval completions per prompt: with 2 (training G = 4)
+    the hook cut the eval batch into groups of 4, found none and crashed the run ('trees:
+    expected at least one tree'); now 4 eval completions are 2 groups of 2."""
+    evals = Dataset.from_list([{"prompt": f"{a}+1=", "answer": str(a + 1)} for a in range(2)])
+    trainer = grpo_trainer(chat_checkpoint, tmp_path, 1, eval_dataset=evals, max_steps=1,
+                           num_generations_eval=2, per_device_eval_batch_size=4,
+                           eval_strategy="steps", eval_steps=1)
+    diag = add_ib_diagnostics(trainer)
+    trainer.train()
+    assert [h["prompts"] for h in diag.history] == [2, 2]  # one training batch, one eval batch
+    assert [len(g) for g in diag.last_groups] == [2, 2]
+    assert any("eval_ibtpo/ib_score_root" in row for row in trainer.state.log_history)
+
+
+def test_masked_truncated_completions_are_left_out(chat_checkpoint, tmp_path):
+    """mask_truncated_completions=True: TRL zeroes a truncated completion's mask; the hook made
+    it a 0-token chain (IB-Score exactly -1/beta, cov 0). Now it is left out of its group, a
+    group left empty is dropped, and truncated_left_out says how many."""
+    trainer = grpo_trainer(chat_checkpoint, tmp_path, 1, mask_truncated_completions=True)
+    diag = add_ib_diagnostics(trainer)
+    eos = trainer.eos_token_ids[0]
+    ids = torch.tensor([[40, 41, eos], [42, eos, 0], [40, 43, 44], [41, 42, 43]] +
+                       [[40, 41, 42]] * 4)  # group 0: two finished, two truncated; group 1: all
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0], [0, 0, 0]] + [[0, 0, 0]] * 4)
+    logps = torch.full((8, 3), -1.0)
+    diag._rewards = torch.tensor([1.0, 0.0, 0.0, 0.0] + [0.0] * 4)
+    output = {"prompt_ids": torch.ones(8, 2, dtype=torch.long), "prompt_mask": torch.ones(8, 2),
+              "completion_ids": ids, "completion_mask": mask, "old_per_token_logps": logps}
+    figures = diag.record(output)
+    assert [[c.token_ids for c in g] for g in diag.last_groups] == [[[40, 41, eos], [42, eos]]]
+    assert figures["prompts"] == 1 and figures["truncated_left_out"] == 6 / 8
+    # root over the two finished completions: pi_bar = e^-1 each, r = 1/0.5 = 2 and 0, so
+    # IB = e^-1 * ((2 - 1.2) + (0 - 1.2)) / 2 = -0.2 * e^-1 (not -1/beta = -0.2)
+    assert figures["ib_score_root"] == pytest.approx(-0.2 * math.exp(-1))
+    assert figures["eff_rate"] == 1.0 and figures["avg_rate"] == 0.5
+    diag._rewards = torch.zeros(8)
+    assert diag.record({**output, "completion_mask": torch.zeros(8, 3)}) is None  # none left
+
+
+class _Tok:
+    eos_token_id = 2
+
+
+class _Trainer:
+    processing_class = _Tok()
+
+
+def test_eos_ids_are_trls_own_when_it_has_them():
+    """TRL 1.16 keeps every stop id in trainer.eos_token_ids (under its vLLM path too, where
+    trainer.generation_config is absent): the hook used only the tokenizer's and the
+    generation config's, so a completion ending at another stop id counted as truncated."""
+    trainer = _Trainer()
+    assert eos_ids(trainer) == {2}  # no TRL attribute: the tokenizer's EOS
+    trainer.eos_token_ids = [2, 9]
+    assert eos_ids(trainer) == {2, 9}
+
+
+def test_the_private_trl_api_the_hook_uses_is_still_there(chat_checkpoint, tmp_path):
+    """Fails loudly when a TRL release renames or reshapes what the hook reads: the wrapped
+    private methods with their parameters, the attributes, and the generation output's keys."""
+    import inspect
+
+    import trl
+
+    trainer = grpo_trainer(chat_checkpoint, tmp_path, 1)
+    check_trl(trainer)  # raises naming the TRL version and what changed
+    for name, params in TRL_METHODS.items():
+        got = tuple(inspect.signature(getattr(GRPOTrainer, name)).parameters)[1:]
+        assert got == params, (trl.__version__, name, got)
+    for name in ("num_generations_eval", "eos_token_ids", "mask_truncated_completions",
+                 "reward_weights", "temperature", "_metrics"):
+        assert hasattr(trainer, name), (trl.__version__, name)
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert all(f'"{key}": {key}' in source for key in TRL_OUTPUT_KEYS), trl.__version__
+
+    class Renamed(GRPOTrainer):
+        def _calculate_rewards(self, inputs, prompts, completions):
+            pass
+
+    trainer.__class__ = Renamed
+    with pytest.raises(RuntimeError, match=r"TRL .*_calculate_rewards takes \(inputs, prompts, "
+                                           r"completions\)"):
+        check_trl(trainer)

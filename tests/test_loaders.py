@@ -138,7 +138,8 @@ def test_bad_rows_name_the_file_line_and_field(tmp_path, bad_line, message):
 def test_bad_task_names_and_sizes(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         load_task(TaskConfig(name=str(tmp_path / "missing.jsonl")))
-    with pytest.raises(ValueError, match="expected 'arithmetic', a .jsonl/.parquet file"):
+    with pytest.raises(ValueError, match="expected 'arithmetic', 'countdown', a .jsonl/.parquet "
+                                         "file"):
         load_task(TaskConfig(name="data.csv"))
     one = write_jsonl(tmp_path / "one.jsonl", rows(1) * 3)
     with pytest.raises(ValueError, match=r"one.jsonl: 1 distinct prompt\(s\); a held-out split "

@@ -21,8 +21,10 @@ from ibtpo.training.faults import GuardedReward
 
 
 def test_registry_names_and_bad_name():
-    assert set(REWARDS) == {"arithmetic", "numeric", "gsm8k", "math_verify", "reasoning_gym"}
-    with pytest.raises(ValueError, match="arithmetic, numeric, gsm8k, math_verify, reasoning_gym"):
+    assert set(REWARDS) == {"arithmetic", "countdown", "numeric", "gsm8k", "math_verify",
+                            "reasoning_gym"}
+    with pytest.raises(ValueError, match="arithmetic, countdown, numeric, gsm8k, math_verify, "
+                                         "reasoning_gym"):
         get_reward_fn("exact")
 
 

@@ -1,7 +1,10 @@
 """Command line: ``ibtpo sft | train | eval | score | export | compare | demo | config``.
 
 Every command takes ``--config FILE`` (repeatable; a file path or a built-in name such as
-``ibtpo`` or ``grpo``) and ``--set section.key=value`` (repeatable). Bad configs and bad inputs
+``ibtpo`` or ``grpo``) and ``--set section.key=value`` (repeatable). ``eval`` and ``score`` of a
+checkpoint ibtpo wrote, and ``train --resume``, start from the config recorded with the run (the
+checkpoint's ibtpo.json; never its ``model.trust_remote_code``), which ``--config`` and ``--set``
+override. Bad configs and bad inputs
 print one message listing every problem and exit with status 2, without a traceback; ``--debug``
 (or ``IBTPO_DEBUG=1``) prints the traceback too, to tell an internal error from bad input.
 """
@@ -9,7 +12,6 @@ print one message listing every problem and exit with status 2, without a traceb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,9 +35,40 @@ DESCRIPTION = ("ibtpo: IB-TPO (information-bottleneck tree-based policy optimiza
 DEBUG_ENV = "IBTPO_DEBUG"
 
 
-def _config(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+def _config(args: argparse.Namespace, base: dict | None = None, source: str = "base") -> Config:
     paths = [resolve_config_path(c) for c in args.config]
-    return load_config(paths, list(extra) + list(args.set))
+    return load_config(paths, list(args.set), base=base, base_source=source)
+
+
+def recorded_run(args: argparse.Namespace) -> str | None:
+    """The checkpoint whose recorded config a command starts from: ``eval`` / ``score --model``
+    (a run directory: its newest checkpoint), ``train --resume`` (the newest in
+    train.out_dir); None for every other command."""
+    from ibtpo.runs import checkpoint_of, latest_checkpoint
+
+    if args.command in ("eval", "score") and args.model:
+        return checkpoint_of(args.model)
+    if args.command == "train" and args.resume:
+        found = latest_checkpoint(_config(args).train.out_dir)
+        return str(found) if found else None
+    return None
+
+
+def command_config(args: argparse.Namespace, say: bool = False) -> Config:
+    """The command's config: defaults <- the config recorded with the run (`recorded_run`'s
+    ibtpo.json) <- --config files <- --set; with `say`, one line on stderr names the file."""
+    from ibtpo.runs import EXTRA_FILE, recorded_config
+
+    run = recorded_run(args)
+    recorded, dropped = recorded_config(run) if run else ({}, [])
+    if not recorded:
+        return _config(args)
+    source = str(Path(run) / EXTRA_FILE)
+    if say:
+        old = f"; fields this version lacks, ignored: {', '.join(dropped)}" if dropped else ""
+        print(f"ibtpo {args.command}: the config recorded with the run ({source}); --config and "
+              f"--set override it{old}", file=sys.stderr)
+    return _config(args, recorded, source)
 
 
 def _progress(args: argparse.Namespace) -> bool | str:
@@ -67,14 +100,14 @@ def _model(path: str) -> str:
 
 
 def cmd_eval(args):
-    cfg = _config(args)
+    cfg = command_config(args, say=True)
     from ibtpo.evaluation import run_eval
 
     run_eval(cfg, _model(args.model), args.out)
 
 
 def cmd_train(args):
-    cfg = _config(args)
+    cfg = command_config(args, say=True)
     from ibtpo.training.trainer import Trainer
 
     check_init(cfg)
@@ -84,11 +117,18 @@ def cmd_train(args):
     if trainer.stop.signum is not None:  # SIGINT / SIGTERM: checkpoint written, exit 128 + n
         if trainer.dist.is_main:
             print(f"ibtpo train: stopped at step {trainer.step} by signal {trainer.stop.signum}; "
-                  f"checkpoint in {cfg.train.out_dir}/checkpoints; continue with --resume",
+                  f"checkpoint in {cfg.train.out_dir}/checkpoints; {resume_hint(cfg)}",
                   file=sys.stderr)
         return 128 + trainer.stop.signum
     if trainer.dist.is_main:
         print(train_summary(trainer, last, time.monotonic() - start))
+
+
+def resume_hint(cfg: Config) -> str:
+    """How to continue a stopped run: the command, and that it takes the run's own config."""
+    return (f"continue with `ibtpo train --resume --set train.out_dir={cfg.train.out_dir}`: it "
+            "uses the config recorded with the run (its checkpoint's ibtpo.json); --set "
+            "overrides a field")
 
 
 def check_init(cfg: Config) -> None:
@@ -118,8 +158,8 @@ def train_summary(trainer, last: dict, seconds: float) -> str:
 
 
 def cmd_score(args):
-    cfg = _config(args)
-    from ibtpo.diagnostics import run_score, run_score_rollouts
+    cfg = command_config(args, say=True)
+    from ibtpo.diagnostics import print_table, run_score, run_score_rollouts, score_table
 
     if args.rollouts:  # another framework's rollouts: the dynamics table and plot
         run_score_rollouts(cfg, args.rollouts, args.model and _model(args.model),
@@ -128,7 +168,7 @@ def cmd_score(args):
     if not args.model:
         raise ValueError("--model is required (or --rollouts FILE: rollouts of any framework)")
     result = run_score(cfg, _model(args.model), out_json=args.out, progress=_progress(args))
-    print(json.dumps(result, indent=2))
+    print_table(score_table(result))
 
 
 def cmd_export(args):
@@ -198,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="RL training (IB-TPO, GRPO, tree baselines)")
     _common(p)
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in train.out_dir/checkpoints")
+                   help="continue from the newest checkpoint in train.out_dir/checkpoints, with "
+                        "the config recorded in it (--config and --set override it)")
     p.set_defaults(func=cmd_train)
     for name, func, text in (("eval", cmd_eval, "greedy pass@1 and avg@k on held-out problems"),
                              ("score", cmd_score, "IB-Score diagnostics of a policy's trees")):
@@ -206,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--model", required=name == "eval",
                        help="checkpoint directory, run directory (its newest checkpoint), "
-                            ".gguf file or preset")
+                            ".gguf file or preset; a checkpoint ibtpo wrote brings the config "
+                            "recorded with it (--config and --set override it)")
         p.add_argument("--out", default=None, help="write the results as JSON here")
         if name == "score":
             p.add_argument("--rollouts", default=None, metavar="FILE",
@@ -267,7 +309,7 @@ def _pin_kernels(args: argparse.Namespace) -> None:
         elif args.command == "demo":
             cfg = load_config(overrides=list(args.set))
         else:
-            cfg = _config(args)
+            cfg = command_config(args)
     except (ValueError, OSError):
         return
     kernels.pin(cfg.model.kernels)

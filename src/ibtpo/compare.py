@@ -38,11 +38,13 @@ from ibtpo.models import describe_fingerprint, fingerprint, read_extra
 from ibtpo.provenance import code_version, git_commit
 from ibtpo.stats import fmt_ci, mean_ci, paired_ci
 from ibtpo.training.runlock import LOCK_FILE
+from ibtpo.training.shortfall import expected_trajectories
 from ibtpo.training.trainer import Trainer, config_with
 
 SUMMARY_FILE = "summary.json"
+G_KEY = "rollout/trajectories_per_prompt"
 TABLE_COLUMNS = (  # (header, metric, how it is summarised over a run's steps)
-    ("G", "rollout/trajectories_per_prompt", "mean"),
+    ("G", G_KEY, "mean"),
     ("traj/1k tok", "rollout/trajectories_per_1k_tokens", "mean"),
     ("Eff-Rate", "rollout/eff_rate", "mean"),
     ("Avg-Rate", "rollout/reward_mean", "mean"),
@@ -130,13 +132,35 @@ def outcome_table(results: dict[str, list[dict]], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def g_cell(runs: list[dict]) -> str:
+    """G over seeds: '4.5 [4.0–5.0] of 12' = the mean, the lowest and the highest seed's when
+    they differ (a t-interval over two or three seeds of a count runs far past the values it can
+    take), and the G its config asks for (`expected_G`, B0 + (L-1)·K·Bn)."""
+    values = _values(runs, G_KEY)
+    if not values:
+        return "n/a"
+    cell = f"{statistics.fmean(values):.1f}"
+    if min(values) != max(values):
+        cell += f" [{min(values):.1f}–{max(values):.1f}]"
+    expected = {r.get("expected_G") for r in runs} - {None}
+    return cell + (f" of {expected.pop()}" if len(expected) == 1 else "")
+
+
+G_NOTE = ("G: trajectories per prompt (mean over a run's steps, then over seeds), [the lowest–"
+          "highest seed], of the B0 + (L-1)·K·Bn its config asks for; fewer when trees found no "
+          "step to branch from or no room left (the run warns at its first such step). Other "
+          "columns: mean ± 95% t half-width over seeds.\n")
+
+
 def rollout_table(results: dict[str, list[dict]]) -> str:
-    """Each TABLE_COLUMNS metric (mean over a run's steps, then over seeds) per config."""
+    """Each TABLE_COLUMNS metric (mean over a run's steps, then over seeds) per config; G as
+    `g_cell` writes it, explained by the note under the table."""
     head = ["config"] + [h for h, _, _ in TABLE_COLUMNS]
     lines = [_row(head), "|" + "---|" * len(head)]
     for name, runs in results.items():
-        lines.append(_row([name] + [_cell(runs, key) for _, key, _ in TABLE_COLUMNS]))
-    return "\n".join(lines) + "\n"
+        lines.append(_row([name] + [g_cell(runs) if key == G_KEY else _cell(runs, key)
+                                    for _, key, _ in TABLE_COLUMNS]))
+    return "\n".join(lines) + "\n\n" + G_NOTE
 
 
 def markdown_report(results: dict[str, list[dict]], budget: int, baseline: str,
@@ -413,7 +437,8 @@ def run_compare(configs: list[Path], *, overrides: list[str] = (), seeds: int | 
             print(f"== {name} seed {seed}: training for {goal} -> {run_dir}")
             record = Path(record_dir) / name / f"seed{seed}.json" if record_dir else None
             summary, rows = run_one(run_cfg, progress, reuse, init_cache, record, same_code)
-            results[name].append({k: v for k, v in summary.items() if k != "config"})
+            results[name].append({**{k: v for k, v in summary.items() if k != "config"},
+                                  "expected_G": expected_trajectories(run_cfg)})
             curves[name].append(rows)
     report = markdown_report(results, budget, baseline, steps)
     out.mkdir(parents=True, exist_ok=True)

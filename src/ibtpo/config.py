@@ -221,14 +221,19 @@ class RolloutConfig:
     scheduler: str = F("sync", "how trees share the engine: 'sync' = one batch per round, every "
                        "tree waits for the round's longest branch; 'continuous' = no round "
                        "barrier, a tree's next branches join the running batch as soon as its "
-                       "round is done (same trees; ibtpo.rollout.scheduler)",
+                       "round is done (the same trees in fp32, but where the last bits break a "
+                       "tie between identical sibling steps; under 16-bit autocast, i.e. a "
+                       "16-bit model.dtype, the rows batched differently round differently and "
+                       "a token can flip: 1 of 16 toy trees differed in a review under bf16; "
+                       "ibtpo.rollout.scheduler)",
                        choices=("sync", "continuous"))
     prefix_cache_mb: int = F(0, "scheduler 'continuous': keep the KV cache of finished "
                              "continuations up to this many MiB, so that a branch starts from "
                              "its prefix's cached keys and values instead of re-encoding the "
-                             "prompt and its ancestors (0 = off; the same trees but where the "
-                             "last bits of the sums break a tie between identical sibling "
-                             "steps; ibtpo.rollout.prefix_cache)", min=0)
+                             "prompt and its ancestors (0 = off; the same trees in fp32 but where "
+                             "the last bits of the sums break a tie between identical sibling "
+                             "steps; under 16-bit autocast, tokens too may differ; "
+                             "ibtpo.rollout.prefix_cache)", min=0)
     engine: str = F("torch", "generation backend (ibtpo.rollout.engines): 'torch' = the built-in "
                     "KV-cache sampler (default; runs everywhere); 'vllm' = vLLM in this process, "
                     "weights pushed after every optimizer step, log-probs and entropies recomputed "
@@ -274,15 +279,20 @@ class TrainConfig:
     prompts_per_step: int = F(16, "prompts (trees) per step (P)", min=1)
     lr: float = F(3e-5, "AdamW learning rate (paper: 1e-6 on 1.7B/8B models; on the nano testbed "
                   "1e-4 ends lower and 3e-4 collapses the policy)", min=0.0, min_exclusive=True)
-    warmup_steps: int = F(5, "linear learning-rate warm-up steps, then constant (Adam's first "
-                          "steps move every weight by ~lr)", min=0)
+    warmup_steps: int = F(5, "linear learning-rate warm-up over this many optimizer steps, then "
+                          "constant (Adam's first steps move every weight by ~lr); a rollout "
+                          "makes train.mini_batches optimizer steps, so with mini_batches = N "
+                          "the warm-up ends N times sooner in rollouts (after warmup_steps / N)",
+                          min=0)
     weight_decay: float = F(0.0, "AdamW weight decay", min=0.0)
     num_iterations: int = F(1, "passes over each step's batch (PPO epochs)", min=1)
     mini_batches: int = F(1, "optimizer steps per rollout batch: the step's trees are split into "
                           "this many mini-batches of whole trees, one update each (verl's "
                           "train_batch_size / ppo_mini_batch_size, TRL's steps_per_generation); "
                           "old log-probs, reference and advantages come from the rollout, so the "
-                          "ratio leaves 1 from the second; 1 = on-policy", min=1)
+                          "ratio leaves 1 from the second; 1 = on-policy; train.warmup_steps "
+                          "counts these optimizer steps, so N shortens the warm-up N-fold in "
+                          "rollouts", min=1)
     micro_batch_size: int = F(64, "sequences per forward/backward (pack_trees=false)", min=1)
     pack_trees: bool = F(True, "train on packed trees: each tree's prompt and steps run once, "
                          "attention restricted to ancestors (same loss and gradient as one "
@@ -644,11 +654,12 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
-                base: dict | None = None) -> Config:
-    """Defaults <- ``base`` dict <- YAML files in order <- ``--set`` overrides; then validate."""
+                base: dict | None = None, base_source: str = "base") -> Config:
+    """Defaults <- ``base`` dict <- YAML files in order <- ``--set`` overrides; then validate.
+    ``base_source`` names where ``base`` came from in errors (e.g. a checkpoint's ibtpo.json)."""
     cfg, problems = Config(), []
     if base:
-        _merge(cfg, base, "base", problems)
+        _merge(cfg, base, base_source, problems)
     for p in paths:
         _merge(cfg, load_yaml(p), str(p), problems)
     for text in overrides:
@@ -657,6 +668,21 @@ def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def known_fields(data: dict) -> tuple[dict, list[str]]:
+    """The sections and fields of `data` (a config as a dict) that Config has, and the dotted
+    names of the others: a config recorded by another version of ibtpo."""
+    kept, dropped = {}, []
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+    for sec, values in data.items():
+        if sec not in sections or not isinstance(values, dict):
+            dropped.append(str(sec))
+            continue
+        names = {f.name for f in dataclasses.fields(sections[sec]())}
+        kept[sec] = {k: v for k, v in values.items() if k in names}
+        dropped += [f"{sec}.{k}" for k in values if k not in names]
+    return kept, dropped
 
 
 def describe() -> list[tuple[str, Any, str]]:

@@ -19,6 +19,7 @@ row (one policy's log-probs throughout) from `prompt` + `completion` at
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,12 +200,14 @@ def rollout_dynamics(rows: list[dict], cfg: Config, model_path: str | None = Non
         cfg.advantage.beta, cfg.rollout.prob_norm)} for step, by_prompt in sorted(groups.items())]
 
 
-def plot_dynamics(table: list[dict], path: str | Path) -> None:
-    """The paper's Figs. 3/5 panels against the step: root IB-Score, cov, Tsallis, Eff-Rate."""
+def dynamics_figure(table: list[dict]):
+    """The paper's Figs. 3/5 panels against the step: root IB-Score, cov, Tsallis, Eff-Rate;
+    ticks only at whole steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = ["ib_score_root", "cov_root", "tsallis_root", "eff_rate"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
@@ -213,16 +216,56 @@ def plot_dynamics(table: list[dict], path: str | Path) -> None:
         ax.plot(steps, [row[key] for row in table], marker="o")
         ax.set_title(key)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
+    return fig
+
+
+def plot_dynamics(table: list[dict], path: str | Path) -> None:
+    """`dynamics_figure` written to `path` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = dynamics_figure(table)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def print_table(table) -> None:
+    """Print a rich Table at its natural width, at least the terminal's: no header or value is
+    cut ("ib_score_ro…"); a terminal narrower than the table wraps its lines instead."""
+    from rich.console import Console
+
+    console = Console()
+    needed = Console(width=10_000).measure(table).maximum
+    (console if needed <= console.width else Console(width=needed)).print(table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def score_table(result: dict):
+    """`run_score`'s figures as a rich Table, one row each (meanings: docs/METRICS.md)."""
+    from rich.table import Table
+
+    view = Table(title=f"IB-Score diagnostics of {result.get('model', 'a policy')}",
+                 caption="meanings: docs/METRICS.md")
+    view.add_column("figure")
+    view.add_column("value", justify="right")
+    for key, value in result.items():
+        if key != "model":
+            view.add_row(key, _cell(value))
+    return view
 
 
 def run_score_rollouts(cfg: Config, rollouts: str, model_path: str | None = None,
                        out_json: str | None = None) -> dict:
     """``ibtpo score --rollouts FILE``: print the dynamics table; with `out_json`, write it and
     the plot next to it (same name, .png)."""
-    from rich.console import Console
     from rich.table import Table
 
     table = rollout_dynamics(read_rollouts(rollouts), cfg, model_path, str(rollouts))
@@ -231,7 +274,7 @@ def run_score_rollouts(cfg: Config, rollouts: str, model_path: str | None = None
         view.add_column(col, justify="right")
     for row in table:
         view.add_row(*[str(v) if isinstance(v, int) else f"{v:+.4f}" for v in row.values()])
-    Console().print(view)
+    print_table(view)
     result = {"rollouts": str(rollouts), "model": model_path, "dynamics": table}
     if out_json:
         out = Path(out_json)

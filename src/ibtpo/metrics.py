@@ -18,9 +18,11 @@ Choices (config key in brackets):
 - `rollout/trajectories_per_1k_tokens` is 0.0 when no token was generated.
 - `rollout/clipped_ratio` counts a trajectory as cut when its last step stopped at the length
   limit (`stop_reason == "length"`), i.e. without an EOS / end-of-turn token.
-- `MetricsLogger` writes one JSON object per `log` call (with "step") to `metrics.jsonl`; tensors
-  and numpy scalars become floats, NaN/inf become null; TensorBoard gets the numeric scalars
-  [`tensorboard`, default True; skipped when torch.utils.tensorboard cannot be imported], and
+- `MetricsLogger` writes one JSON object per `log` call (with "step") to `metrics.jsonl`, which
+  it creates (with `tb/`) at its first row, so a run that stops before it logs leaves neither;
+  tensors and numpy scalars become floats, NaN/inf become null; TensorBoard gets the numeric
+  scalars [`tensorboard`, default True; skipped when torch.utils.tensorboard cannot be
+  imported], and
   Weights & Biases when [`wandb_project`] is set (offline by default, [`wandb_mode`]).
 """
 
@@ -41,7 +43,9 @@ METRIC_DOCS: dict[str, str] = {
     "rollout/prompts": "number of prompts (trees) in the rollout batch",
     "rollout/reward_mean": "Avg-Rate: mean reward of all sampled trajectories (None counted as 0)",
     "rollout/eff_rate": "Eff-Rate: share of prompts whose trajectories' rewards are not all equal",
-    "rollout/trajectories_per_prompt": "mean number of trajectories (leaves) per tree, G",
+    "rollout/trajectories_per_prompt": "mean number of trajectories (leaves) per tree, G (below "
+                                       "B0 + (L-1)*K*Bn when trees found no node to branch "
+                                       "from: the trainer warns once)",
     "rollout/generated_tokens_per_prompt": "mean generated tokens per tree (no prompt, shared "
                                            "prefixes once)",
     "rollout/trajectories_per_1k_tokens": "trajectories per 1,000 generated tokens "
@@ -276,15 +280,22 @@ class MetricsLogger:
     def __init__(self, out_dir: str, tensorboard: bool = True, purge_step: int | None = None,
                  wandb=None):
         """`purge_step`: TensorBoard hides earlier events at this step and after (a resumed run
-        logs those steps again)."""
-        os.makedirs(out_dir, exist_ok=True)
-        self.path = os.path.join(out_dir, "metrics.jsonl")
+        logs those steps again). Nothing is created before the first row (`open`)."""
+        self.out_dir, self.path = str(out_dir), os.path.join(out_dir, "metrics.jsonl")
+        self._tensorboard, self._purge_step = tensorboard, purge_step
+        self._file, self._tb, self._wandb = None, None, wandb
+
+    def open(self) -> None:
+        """Create out_dir, metrics.jsonl and the TensorBoard writer (at the first row: a run
+        stopped before it logged anything, by a bad reward say, leaves none of them)."""
+        os.makedirs(self.out_dir, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = _open_tensorboard(out_dir, purge_step) if tensorboard else None
-        self._wandb = wandb
+        self._tb = _open_tensorboard(self.out_dir, self._purge_step) if self._tensorboard else None
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), **to_jsonable(dict(metrics))}
+        if self._file is None:
+            self.open()
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         scalars = {name: v for name, v in row.items()
@@ -296,7 +307,8 @@ class MetricsLogger:
             self._wandb.log(scalars, step=int(step))
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

@@ -52,11 +52,11 @@ from transformers.utils import logging as hf_logging
 
 from ibtpo import kernels
 from ibtpo.inputs import check_vocab
+from ibtpo.runs import EXTRA_FILE, read_extra  # noqa: F401 (read_extra: ibtpo.models' API)
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>",
                   "unk_token": "<unk>"}
 ATTN_IMPLEMENTATION = "sdpa"
-EXTRA_FILE = "ibtpo.json"
 CHECKPOINT_MARKERS = ("config.json", EXTRA_FILE)  # files that show a directory is a checkpoint
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -311,22 +311,6 @@ def _reason(err: Exception) -> str:
         return ("it ships its own Python code, which runs only with model.trust_remote_code=true "
                 "(set it only for checkpoints you trust)")
     return f"{type(err).__name__}: {text[:400]}"
-
-
-def read_extra(path: str | Path) -> dict:
-    """The `ibtpo.json` of a checkpoint directory ({} when it has none); ValueError naming the
-    file when it is not a JSON object."""
-    file = Path(path) / EXTRA_FILE
-    if not file.is_file():
-        return {}
-    try:
-        extra = json.loads(file.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{file}: not valid JSON ({err}); expected ibtpo's checkpoint notes") \
-            from None
-    if not isinstance(extra, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(extra).__name__}")
-    return extra
 
 
 def weights_digest(state: dict) -> str:

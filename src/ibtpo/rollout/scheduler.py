@@ -19,7 +19,9 @@ the same trees from the same keys: the same tokens, branch points and rewards; l
 to the last bits a different batch gives a row's sums (`tests/test_scheduler.py`). One exception:
 candidates whose scores are equal in exact arithmetic (sibling steps with identical tokens) are
 told apart by those last bits, so the two may branch from different ones of them (4 of 64 trees
-on the testbed at 64 prompts per step; docs/PERFORMANCE.md, "Ties break on last bits").
+on the testbed at 64 prompts per step; docs/PERFORMANCE.md, "Ties break on last bits"). This
+holds in fp32; under 16-bit autocast a row batched differently rounds differently enough that a
+sampled token can flip (1 of 16 toy trees under bf16).
 
 Metrics: those of `sample_trees` (rollout/rounds is the most rounds any tree ran), plus, for
 `continuous` only: rollout/joins (continuations that joined while others were decoding),

@@ -30,6 +30,9 @@ process SIGKILLs itself when it reaches point NAME at step STEP. Points: "step:r
 grown, update not done), "step:end" (step done, its checkpoint not written), "ckpt:files" (files
 written, not yet fsynced or renamed), "ckpt:renamed" (step-N in place, `latest` not moved),
 "ckpt:pointer" (`latest` moved, old checkpoints not pruned).
+
+Finding checkpoints (`latest_checkpoint`, a run directory given as ``--model``) and reading
+their ``ibtpo.json`` take no torch: ``ibtpo.runs``.
 """
 
 from __future__ import annotations
@@ -49,12 +52,10 @@ import numpy as np
 import torch
 
 from ibtpo.models import EXTRA_FILE, quiet_hf_progress
+from ibtpo.runs import CKPT_DIR, LATEST, latest_checkpoint, list_checkpoints
 
-CKPT_DIR = "checkpoints"
-LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = 1
-STEP_RE = re.compile(r"^step-(\d{8,})$")
 FAULT_ENV = "IBTPO_FAULT_AT"
 MAX_SEARCH_LEN = 64  # lists longer than this (datasets) are not searched for RNGs
 RNG_TYPES = (random.Random, torch.Generator, np.random.Generator, np.random.RandomState)
@@ -69,25 +70,6 @@ def fault_point(name: str, step: int) -> None:
 # --- the directory of checkpoints --------------------------------------------------------------
 def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step-N directory in `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_RE.match(p.name)) and p.is_dir() and not p.is_symlink()]
-    return sorted(found)
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The checkpoint `latest` names, else the newest step-N directory, else None."""
-    root = Path(out_dir) / CKPT_DIR
-    link = root / LATEST
-    if link.is_symlink() and (root / os.readlink(link)).is_dir():
-        return root / os.readlink(link)
-    found = list_checkpoints(root)
-    return found[-1][1] if found else None
 
 
 def fsync_path(path: Path) -> None:

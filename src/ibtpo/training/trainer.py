@@ -61,6 +61,7 @@ from ibtpo.training.lora import AdaptersDisabled, add_adapters, is_lora, load_ad
 from ibtpo.training.precision import frozen_copy, resolve_precision
 from ibtpo.training.reference import set_step_logprobs
 from ibtpo.training.runlock import RunLock
+from ibtpo.training.shortfall import shortfall_message
 
 
 class Trainer:
@@ -113,6 +114,7 @@ class Trainer:
         self.problem_rng = stream_rng(cfg.train.seed, TRAIN_PROBLEMS)  # rank 0's prompts are used
         self.step, self.generated_tokens, self.nonfinite_streak = 0, 0, 0
         self.unscorable_streak = 0  # steps in a row whose every reward was None
+        self.shortfall_warned = False  # G below B0 + (L-1)·K·Bn said once (training/shortfall.py)
         self.loss_share = 1.0  # this rank's share of the loss denominator (set by micro_batches)
         self.stop = StopSignals()
         if state is not None:
@@ -146,6 +148,7 @@ class Trainer:
         ckpt.fault_point("step:rollout", self.step + 1)
         loss_metrics = self.update(batches)
         t2 = time.perf_counter()
+        self.warn_shortfall(trees)
         metrics = self.dist.reduce_metrics(
             {**rollout_metrics, **tree_metrics(trees, self.adv_params.beta,
                                                self.adv_params.prob_norm),
@@ -167,6 +170,16 @@ class Trainer:
         mine = self.dist.share(list(enumerate(problems)))
         return self.policy.grow_trees(self.cfg, [p for _, p in mine],
                                       [self.tree_key(i) for i, _ in mine])
+
+    def warn_shortfall(self, trees) -> None:
+        """Warn once per run, at the first step whose trees (this rank's) hold fewer trajectories
+        than B0 + (L-1)·K·Bn, naming the measured G and why (``training/shortfall.py``)."""
+        if self.shortfall_warned or not self.dist.is_main:
+            return
+        text = shortfall_message(self.step + 1, trees, self.cfg)
+        if text:
+            log.warning("%s", text)
+            self.shortfall_warned = True
 
     def tree_key(self, index: int) -> int:
         """The key of everything random in this step's tree of prompt `index` (of the whole
@@ -496,8 +509,9 @@ class Trainer:
                              f"step-N directories and a '{ckpt.LATEST}' link)")
         if not resume and found is not None:
             raise ValueError(f"train.out_dir={str(self.out)!r} holds the checkpoints of an earlier "
-                             f"run ({found.name}); pass --resume to continue it, or choose another "
-                             "out_dir")
+                             f"run ({found.name}); pass --resume to continue it (`ibtpo train "
+                             "--resume` takes the config recorded in its checkpoint; --set "
+                             "overrides a field), or choose another out_dir")
         return found
 
     def load_weights(self, path: Path) -> dict:
