@@ -105,6 +105,8 @@ def test_a_missing_local_path_fails_at_once_online_too(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"make smollm2 puts SmolLM2-135M-Instruct there"):
         load_model("./models/SmolLM2-135M-Instruct")
     assert not looks_local("HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub name: tried online
+    (tmp_path / "models").rmdir()  # before `make smollm2` there is no models/ at all
+    assert looks_local("models/SmolLM2-135M-Instruct") and looks_local("runs/sft")
 
 
 def test_checkpoint_round_trip(tiny_model, char_tokenizer, tmp_path):

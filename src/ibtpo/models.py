@@ -177,12 +177,18 @@ def load_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool = Fal
     return model, with_pad_token(tokenizer)
 
 
+LOCAL_FOLDERS = ("models", "runs")  # where ibtpo's own commands put checkpoints (make smollm2)
+
+
 def looks_local(path: str) -> bool:
     """Is `path` written as a local path, never a hub name 'org/name': absolute, starting with
-    '.' or '~', with a backslash or two or more '/', or whose first part exists here."""
+    '.' or '~', with a backslash or two or more '/', whose first part exists here, or under one
+    of ibtpo's own folders (`models/`, `runs/`: `models/SmolLM2-135M-Instruct` before `make
+    smollm2` is a missing folder, not a hub repository)."""
     parts = Path(path).parts
     return (Path(path).is_absolute() or path.startswith((".", "~")) or "\\" in path
-            or path.count("/") >= 2 or (len(parts) > 1 and Path(parts[0]).exists()))
+            or path.count("/") >= 2 or (len(parts) > 1 and (Path(parts[0]).exists()
+                                                          or parts[0] in LOCAL_FOLDERS)))
 
 
 def make_hint(path: str) -> str:

@@ -77,6 +77,7 @@ class VllmSettings:
 def import_vllm():
     """The `vllm` module, or ImportError saying which package to install."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # not two INFO lines per weight push
     try:
         import vllm
         from vllm.inputs import TokensPrompt  # noqa: F401
