@@ -144,8 +144,10 @@ def report(all_runs: dict, verdicts: dict, regime: str | None, seeds: int, secon
         LRS) * len(MINI_BATCHES)
     state = (f"**Regime chosen: {regime}**" if done and regime else
              "**No cell loses balance**: by the protocol the task is made harder next"
-             if done else f"**Staged, not finished** ({seeds} seed(s) per cell so far; the "
-             "verdict is drawn only when every cell has the protocol's seeds)")
+             if done else f"**Staged, not finished**: {len(verdicts)} of "
+             f"{len(LRS) * len(MINI_BATCHES)} cells, at least {seeds} seed(s) each of the "
+             f"protocol's {SEEDS}; the verdict is drawn only when every cell has them (per-cell "
+             "criteria below are not a verdict)")
     body = (f"Protocol: the docstring of `benchmarks/countdown_pilot.py`, fixed before the runs. "
             f"Cells `lrX_mbN` are train.lr = X with train.mini_batches = N optimizer steps per "
             f"rollout batch (1 = on-policy). {HORIZON:,} generated tokens per run; "
@@ -178,7 +180,8 @@ def main() -> None:
                 continue
             all_runs[cell_name(lr, n)] = run_cell(lr, n, seeds, model)
     verdicts = {cell: verdict(runs) for cell, runs in all_runs.items()}
-    report(all_runs, verdicts, choose(verdicts), args.seeds, time.perf_counter() - start)
+    seeds = min((v["seeds"] for v in verdicts.values()), default=0)
+    report(all_runs, verdicts, choose(verdicts), seeds, time.perf_counter() - start)
 
 
 if __name__ == "__main__":
