@@ -31,12 +31,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from ibtpo.config import TaskConfig
-from ibtpo.seeding import HELD_OUT, stream_rng
+from ibtpo.data.splits import MAX_DRAWS_PER_PROBLEM, Splits
 
 ANSWER_RE = re.compile(r"^[ \t]*answer:[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
 INT_RE = re.compile(r"[+-]?\d+")
 STEP_DELIMITER = "\n\n"
-MAX_DRAWS_PER_PROBLEM = 1000
 
 
 @dataclass(frozen=True)
@@ -156,45 +155,23 @@ def check_split_sizes(cfg: TaskConfig) -> None:
 
 
 class ArithmeticTask:
-    """The built-in task: `train_batch(n, rng)` and `eval_set()` over disjoint splits."""
+    """The built-in task: `train_batch(n, rng)` and `eval_set()` over disjoint splits
+    (`ibtpo.data.splits`)."""
 
     name = "arithmetic"
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
         check_split_sizes(cfg)
-        self._eval = self._draw_eval_set()
-        self._eval_prompts = {p.prompt for p in self._eval}
-
-    def _draw_eval_set(self) -> list[Problem]:
-        """The first `eval_size` distinct problems of the held-out stream of `task.seed`."""
-        rng, seen, out = stream_rng(self.cfg.seed, HELD_OUT), set(), []
-        for _ in range(MAX_DRAWS_PER_PROBLEM * self.cfg.eval_size):
-            if len(out) == self.cfg.eval_size:
-                return out
-            problem = sample_problem(self.cfg, rng)
-            if problem.prompt not in seen:
-                seen.add(problem.prompt)
-                out.append(problem)
-        raise ValueError(f"task.eval_size={self.cfg.eval_size}: only {len(out)} distinct problems "
-                         "found; lower task.eval_size or widen task.terms / task.max_operand")
+        self.splits = Splits(cfg, sample_problem, "task.terms / task.max_operand")
 
     def eval_set(self) -> list[Problem]:
         """The held-out problems (a copy of the list; always the same for a given config)."""
-        return list(self._eval)
-
-    def train_problem(self, rng: random.Random) -> Problem:
-        """One training problem: any problem not in the held-out set."""
-        for _ in range(MAX_DRAWS_PER_PROBLEM):
-            problem = sample_problem(self.cfg, rng)
-            if problem.prompt not in self._eval_prompts:
-                return problem
-        raise ValueError("task: every drawn problem is in the held-out set; lower "
-                         "task.eval_size or widen task.terms / task.max_operand")
+        return list(self.splits.held)
 
     def train_batch(self, n: int, rng: random.Random) -> list[Problem]:
         """`n` training problems drawn with `rng` (never held-out ones)."""
-        return [self.train_problem(rng) for _ in range(n)]
+        return self.splits.train_batch(n, rng)
 
     def settings(self) -> dict:
         """The task settings, for checkpoints' ibtpo.json."""

@@ -42,8 +42,8 @@ from dataclasses import asdict
 from functools import lru_cache
 
 from ibtpo.config import TaskConfig
-from ibtpo.data.arithmetic import MAX_DRAWS_PER_PROBLEM, STEP_DELIMITER, Problem
-from ibtpo.seeding import HELD_OUT, stream_rng
+from ibtpo.data.arithmetic import STEP_DELIMITER, Problem
+from ibtpo.data.splits import MAX_DRAWS_PER_PROBLEM, Splits
 
 OPS = "+-*/"
 STEP_RE = re.compile(r"^[ \t]*(\d+)[ \t]*([-+*/])[ \t]*(\d+)[ \t]*=[ \t]*(\d+)[ \t]*$")
@@ -235,45 +235,22 @@ def verify(completion: str, numbers, target) -> float | None:
 
 class CountdownTask:
     """The built-in Countdown task: `train_batch(n, rng)` and `eval_set()` over disjoint splits
-    (the interface of `ArithmeticTask`)."""
+    (`ibtpo.data.splits`; each training draw with a freshly drawn solution)."""
 
     name = "countdown"
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
-        self._eval = self._draw_eval_set()
-        self._eval_prompts = {p.prompt for p in self._eval}
-
-    def _draw_eval_set(self) -> list[Problem]:
-        """The first `eval_size` distinct problems of the held-out stream of `task.seed`."""
-        rng, seen, out = stream_rng(self.cfg.seed, HELD_OUT), set(), []
-        for _ in range(20 * self.cfg.eval_size):
-            if len(out) == self.cfg.eval_size:
-                return out
-            problem = sample_problem(self.cfg, rng)
-            if problem.prompt not in seen:
-                seen.add(problem.prompt)
-                out.append(problem)
-        raise ValueError(f"task.eval_size={self.cfg.eval_size}: only {len(out)} distinct Countdown "
-                         "problems found; lower task.eval_size or widen task.countdown_sizes / "
-                         "task.countdown_max_number / task.countdown_targets")
+        self.splits = Splits(cfg, sample_problem, "task.countdown_sizes / "
+                             "task.countdown_max_number / task.countdown_targets", eval_draws=20)
 
     def eval_set(self) -> list[Problem]:
         """The held-out problems (a copy of the list; always the same for a given config)."""
-        return list(self._eval)
-
-    def train_problem(self, rng: random.Random) -> Problem:
-        """One training problem (never a held-out prompt), with a freshly drawn solution."""
-        for _ in range(MAX_DRAWS_PER_PROBLEM):
-            problem = sample_problem(self.cfg, rng)
-            if problem.prompt not in self._eval_prompts:
-                return problem
-        raise ValueError("task: every drawn Countdown problem is held out; lower task.eval_size "
-                         "or widen task.countdown_max_number / task.countdown_targets")
+        return list(self.splits.held)
 
     def train_batch(self, n: int, rng: random.Random) -> list[Problem]:
         """`n` training problems drawn with `rng` (never held-out ones)."""
-        return [self.train_problem(rng) for _ in range(n)]
+        return self.splits.train_batch(n, rng)
 
     def settings(self) -> dict:
         """The task settings, for checkpoints' ibtpo.json."""
