@@ -1,6 +1,6 @@
 """Study 5, part 3: IB-TPO against GRPO on Countdown, in the regime where GRPO loses balance.
 
-    .venv/bin/python benchmarks/countdown_study.py [--seeds N] [--main-seeds N]
+    .venv/bin/python benchmarks/countdown_study.py [--seeds N] [--main-seeds N] [--staged]
 
 Fixed before any of its runs (this docstring is the protocol; written before the pilot's verdict
 was known, and nothing in it is tuned to a result):
@@ -20,8 +20,12 @@ was known, and nothing in it is tuned to a result):
   that excludes 0 while the others do not is reported as weak evidence.
 - Study 1's figures on this task come from the same runs' rollouts: trajectories per 1k
   generated tokens and Eff-Rate over training, per method.
-- Order: seed 0 of every method, then seed 1, ...; every finished run writes its record under
-  results/runs/countdown/ (committed), so a later invocation continues.
+- Order: GRPO and IB-TPO first, seed 0 of both, then seed 1, ... up to MAIN_SEEDS (the paired
+  result the study exists for); then the other three methods the same way. Every finished run
+  writes its record under results/runs/countdown/ (committed), so a later invocation continues;
+  `--staged` trains nothing and reports the records there are, marked as not finished. (This
+  order was set before any of the study's runs; the interleaved order first written here would
+  have left the paired result to the last session.)
 Writes results/countdown_study.{md,json} and countdown_study.png.
 """
 
@@ -79,12 +83,29 @@ def paired_line(results: dict, key: str, scale: float = 100.0, name: str = "") -
     a, b = results["ibtpo"], results["grpo"]
     n = min(len(a), len(b))
     mean, half = paired_ci([r[key] for r in a[:n]], [r[key] for r in b[:n]])
-    state = ("above 0" if mean - half > 0 else "below 0" if mean + half < 0 else "contains 0")
+    state = ("one seed: no interval" if half != half else "above 0" if mean - half > 0
+             else "below 0" if mean + half < 0 else "contains 0")
     return (f"| {name or key} | {scale * mean:+.2f} | [{scale * (mean - half):+.2f}, "
             f"{scale * (mean + half):+.2f}] | {n} | {state} |")
 
 
-def report(results: dict, curves: dict, cell: str, seconds: float) -> None:
+def verdict(results: dict) -> str:
+    """The protocol's two statements, read off the paired intervals."""
+    a, b = results["ibtpo"], results["grpo"]
+    said = []
+    for key, what in (("sampled_pass@64", "final sampled pass@64 (keeping the balance)"),
+                      ("pass@1", "final greedy pass@1 (beating GRPO)")):
+        mean, half = paired_ci([r[key] for r in a], [r[key] for r in b])
+        lo, hi = 100 * (mean - half), 100 * (mean + half)
+        side = ("above 0: IB-TPO is ahead" if lo > 0 else "below 0: GRPO is ahead" if hi < 0
+                else "contains 0: not separated")
+        said.append(f"{what}: IB-TPO − GRPO {100 * mean:+.2f} pt, 95% interval "
+                    f"[{lo:+.2f}, {hi:+.2f}] over {len(a)} paired seeds, {side}.")
+    return "**Verdict by the protocol's rule.** " + " ".join(said)
+
+
+def report(results: dict, curves: dict, cell: str, seconds: float, finished: bool
+           ) -> None:
     head = ["method", "seeds", "pass@1"] + [f"pass@{k} (T=1)" for k in KS[1:]] + [
         "entropy (last 5 steps)", "Eff-Rate", "traj. per 1k tokens", "IB root", "cov root"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -101,7 +122,13 @@ def report(results: dict, curves: dict, cell: str, seconds: float) -> None:
               "|---|---|---|---|---|", paired_line(results, "pass@1", name="greedy pass@1")]
     paired += [paired_line(results, f"sampled_pass@{k}", name=f"sampled pass@{k}") for k in KS]
     plot_curves(curves, RESULTS / "countdown_study.png", keys=CURVES)
-    body = (f"Protocol: the docstring of `benchmarks/countdown_study.py`, fixed before its runs. "
+    seeds = ", ".join(f"{METHODS[n]} {len(r)}" for n, r in results.items())
+    state = (verdict(results) if finished else
+             f"**Staged, not finished**: seeds so far {seeds}, of the protocol's {MAIN_SEEDS} "
+             f"(GRPO, IB-TPO) and {SEEDS} (the others); the separation rule is applied only "
+             "when all have them, and the intervals below are not a verdict.")
+    body = (state + "\n\nProtocol: the docstring of `benchmarks/countdown_study.py`, fixed "
+            "before its runs. "
             f"Regime: cell {cell} of the pilot. {HORIZON:,} generated tokens per run; 500 "
             "held-out problems. ± and [ ]: 95% t-intervals over seeds; differences paired by "
             "seed, in points.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(paired)
@@ -110,24 +137,44 @@ def report(results: dict, curves: dict, cell: str, seconds: float) -> None:
                   seconds, {"regime": cell, "results": results}, runs=results)
 
 
+def committed_seeds(name: str) -> int:
+    """How many consecutive seeds (0, 1, ...) of `name` have a committed record."""
+    n = 0
+    while (RECORDS / name / f"seed{n}.json").is_file():
+        n += 1
+    return n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per method ({SEEDS})")
     p.add_argument("--main-seeds", type=int, default=MAIN_SEEDS,
                    help=f"seeds of GRPO and IB-TPO ({MAIN_SEEDS})")
+    p.add_argument("--staged", action="store_true",
+                   help="train nothing: report the committed records there are")
     args = p.parse_args()
     start = time.perf_counter()
     cell, lr, mb = regime()
     model = str(warmup(COUNTDOWN, COUNTDOWN_WARMUP_DIR))
-    seeds = {n: args.main_seeds if n in MAIN else args.seeds for n in METHODS}
-    for upto in range(1, max(seeds.values()) + 1):  # seed 0 of every method first, then 1, ...
-        plan = {n: min(s, upto) for n, s in seeds.items()}
+    want = {n: args.main_seeds if n in MAIN else args.seeds for n in METHODS}
+    if args.staged:
+        want = {n: min(s, committed_seeds(n)) for n, s in want.items()}
+        if min(want[n] for n in MAIN) < 1:
+            raise SystemExit("no committed GRPO and IB-TPO records to report yet")
+    others = [n for n in METHODS if n not in MAIN]
+    plans = [{n: min(want[n], k) for n in MAIN} for k in range(1, max(want[n] for n in MAIN) + 1)]
+    plans += [{**{n: want[n] for n in MAIN}, **{n: min(want[n], k) for n in others}}
+              for k in range(1, max(want[n] for n in others) + 1)]
+    for plan in plans[-1:] if args.staged else plans:  # seed by seed, main methods first
+        plan = {n: s for n, s in plan.items() if s > 0}
         _, results, curves = run_compare(
-            [resolve_config_path(n) for n in METHODS], seeds=plan, token_budget=HORIZON,
+            [resolve_config_path(n) for n in plan], seeds=plan, token_budget=HORIZON,
             overrides=study_overrides(model) + [f"train.lr={lr}", f"train.mini_batches={mb}"],
             out_dir=RUNS, record_dir=RECORDS, baseline="grpo", same_code=accepted_code(),
             title=f"Study 5: methods on Countdown, cell {cell}")
-    report(results, curves, cell, time.perf_counter() - start)
+    finished = all(len(results.get(n, [])) >= (MAIN_SEEDS if n in MAIN else SEEDS)
+                   for n in METHODS)
+    report(results, curves, cell, time.perf_counter() - start, finished)
 
 
 if __name__ == "__main__":
