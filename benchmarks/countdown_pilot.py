@@ -125,7 +125,13 @@ def cell_line(cell: str, runs, v: dict) -> str:
     ci = lambda key: fmt_ci(*mean_ci([s[key] for s, _ in runs]))  # noqa: E731
     return (f"| {cell} | {v['seeds']} | {ci('pass@1')} | {v['delta_pass@1_pt']:+.1f} | "
             f"{ci('sampled_pass@64')} | {v['delta_pass@64_pt']:+.1f} | {v['entropy_ratio']:.2f} "
-            f"| {'yes' if v['plateaued'] else 'no'} | {'yes' if v['loses_balance'] else 'no'} |")
+            f"| {'yes' if v['plateaued'] else 'no'} | {loses(v)} |")
+
+
+def loses(v: dict) -> str:
+    """`yes (a)`, `yes (b)`, `yes (a, b)` or `no`: which of the protocol's criteria hold."""
+    met = [c for c, k in (("a", "narrows"), ("b", "entropy_stall")) if v[k]]
+    return f"yes ({', '.join(met)})" if met else "no"
 
 
 def report(all_runs: dict, verdicts: dict, regime: str | None, seeds: int, seconds: float
@@ -142,7 +148,13 @@ def report(all_runs: dict, verdicts: dict, regime: str | None, seeds: int, secon
         figures.append(f"**{cell}**\n\n![{cell}]({png})\n")
     done = all(v["seeds"] >= SEEDS for v in verdicts.values()) and len(verdicts) == len(
         LRS) * len(MINI_BATCHES)
-    state = (f"**Regime chosen: {regime}**" if done and regime else
+    losing = [c for c, v in verdicts.items() if v["loses_balance"]]
+    state = (f"**Regime chosen: {regime}**, the lowest learning rate, then the fewest "
+             f"mini-batches, of the {len(losing)} of {len(verdicts)} cells that lose balance "
+             f"((a): learns and narrows, (b): entropy falls while pass@1 stalls); its greedy "
+             f"pass@1 has {'' if verdicts[regime]['plateaued'] else 'not '}plateaued by H. A "
+             "cell that collapses (pass@1 falls, entropy does not) meets neither criterion."
+             if done and regime else
              "**No cell loses balance**: by the protocol the task is made harder next"
              if done else f"**Staged, not finished**: {len(verdicts)} of "
              f"{len(LRS) * len(MINI_BATCHES)} cells, at least {seeds} seed(s) each of the "
