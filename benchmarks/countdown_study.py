@@ -12,6 +12,11 @@ was known, and nothing in it is tuned to a result):
   regime's mini-batches: off-policy, where clip-higher acts), entropy-bonus GRPO and the random
   tree (IB-TPO's loop and advantage with a random branch scorer), SEEDS seeds each. All at equal
   generated tokens; runs are paired by seed (same training prompts, same evaluation).
+  Amended after the pilot chose an on-policy cell (train.mini_batches = 1) and before any
+  clip-higher run: with one optimizer step per rollout batch the importance ratio is 1 and no
+  clip acts, so clip-higher GRPO would repeat GRPO's runs. It runs with CLIP_MINI_BATCHES
+  mini-batches (Study 4's off-policy level) at the regime's learning rate instead, as the issue
+  asks ("clip-higher GRPO with off-policy mini-batches"); its row is marked so.
 - Outcomes: final held-out greedy pass@1 and unbiased sampled pass@k for k = 1, 2, 4, ..., 64;
   over training: token entropy, Eff-Rate, the root IB-Score and cov; the paired IB-TPO - GRPO
   difference of each with its 95% t-interval. IB-TPO is said to keep the balance GRPO loses
@@ -54,6 +59,7 @@ from ibtpo.stats import fmt_ci, mean_ci, paired_ci
 METHODS = {"grpo": "GRPO", "ibtpo": "IB-TPO", "grpo_clip_higher": "GRPO + clip-higher",
            "grpo_entropy": "GRPO + entropy bonus", "tree_random": "random tree + IB-TPO advantage"}
 MAIN = ("grpo", "ibtpo")
+CLIP_MINI_BATCHES = 4  # clip-higher's mini-batches when the regime is on-policy (docstring)
 SEEDS, MAIN_SEEDS = 4, 8
 KS = (1, 2, 4, 8, 16, 32, 64)
 RUNS = ROOT / "runs" / "countdown" / "study"
@@ -83,8 +89,9 @@ def paired_line(results: dict, key: str, scale: float = 100.0, name: str = "") -
     a, b = results["ibtpo"], results["grpo"]
     n = min(len(a), len(b))
     mean, half = paired_ci([r[key] for r in a[:n]], [r[key] for r in b[:n]])
-    state = ("one seed: no interval" if half != half else "above 0" if mean - half > 0
-             else "below 0" if mean + half < 0 else "contains 0")
+    if half != half:  # NaN: fewer than two pairs
+        return f"| {name or key} | {scale * mean:+.2f} | — | {n} | one seed: no interval |"
+    state = "above 0" if mean - half > 0 else "below 0" if mean + half < 0 else "contains 0"
     return (f"| {name or key} | {scale * mean:+.2f} | [{scale * (mean - half):+.2f}, "
             f"{scale * (mean + half):+.2f}] | {n} | {state} |")
 
@@ -104,13 +111,15 @@ def verdict(results: dict) -> str:
     return "**Verdict by the protocol's rule.** " + " ".join(said)
 
 
-def report(results: dict, curves: dict, cell: str, seconds: float, finished: bool
+def report(results: dict, curves: dict, cell: str, mb: int, seconds: float, finished: bool
            ) -> None:
     head = ["method", "seeds", "pass@1"] + [f"pass@{k} (T=1)" for k in KS[1:]] + [
         "entropy (last 5 steps)", "Eff-Rate", "traj. per 1k tokens", "IB root", "cov root"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in results.items():
-        cells = [METHODS[name], str(len(runs)), fmt_ci(*mean_ci([r["pass@1"] for r in runs]))]
+        label = METHODS[name] + ("" if mini_batches(name, mb) == mb else
+                                 f" ({mini_batches(name, mb)} mini-batches)")
+        cells = [label, str(len(runs)), fmt_ci(*mean_ci([r["pass@1"] for r in runs]))]
         cells += [fmt_ci(*mean_ci([r[f"sampled_pass@{k}"] for r in runs])) for k in KS[1:]]
         cells += [fmt_ci(*mean_ci([run_mean(rows[-5:], "policy/entropy")
                                    for rows in curves[name]]))]
@@ -128,13 +137,36 @@ def report(results: dict, curves: dict, cell: str, seconds: float, finished: boo
              f"(GRPO, IB-TPO) and {SEEDS} (the others); the separation rule is applied only "
              "when all have them, and the intervals below are not a verdict.")
     body = (state + "\n\nProtocol: the docstring of `benchmarks/countdown_study.py`, fixed "
-            "before its runs. "
+            "before its runs (one amendment before the clip-higher runs, stated there). "
             f"Regime: cell {cell} of the pilot. {HORIZON:,} generated tokens per run; 500 "
             "held-out problems. ± and [ ]: 95% t-intervals over seeds; differences paired by "
             "seed, in points.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(paired)
             + "\n\n![curves](countdown_study.png)\n")
     write_section("countdown_study", "Study 5, part 3 — IB-TPO against GRPO on Countdown", body,
                   seconds, {"regime": cell, "results": results}, runs=results)
+
+
+def mini_batches(name: str, regime_mb: int) -> int:
+    """The method's train.mini_batches: the regime's, but off-policy for clip-higher."""
+    return CLIP_MINI_BATCHES if name == "grpo_clip_higher" and regime_mb == 1 else regime_mb
+
+
+def run_plan(plan: dict, lr: float, mb: int, model: str, cell: str) -> tuple[dict, dict]:
+    """Train (or reuse) the runs of `plan` ({method: seeds}); (results, curves) per method.
+    One comparison per mini-batch setting, since a comparison shares its overrides."""
+    results, curves = {}, {}
+    for n_mb in sorted({mini_batches(n, mb) for n in plan}):
+        group = {n: s for n, s in plan.items() if mini_batches(n, mb) == n_mb}
+        _, res, cur = run_compare(
+            [resolve_config_path(n) for n in group], seeds=group, token_budget=HORIZON,
+            overrides=study_overrides(model) + [f"train.lr={lr}", f"train.mini_batches={n_mb}"],
+            out_dir=RUNS if n_mb == mb else RUNS / f"mb{n_mb}", record_dir=RECORDS,
+            baseline="grpo" if "grpo" in group else None, same_code=accepted_code(),
+            title=f"Study 5: methods on Countdown, cell {cell}"
+            + ("" if n_mb == mb else f" with {n_mb} mini-batches"))
+        results.update(res)
+        curves.update(cur)
+    return {n: results[n] for n in plan}, {n: curves[n] for n in plan}
 
 
 def committed_seeds(name: str) -> int:
@@ -166,15 +198,10 @@ def main() -> None:
     plans += [{**{n: want[n] for n in MAIN}, **{n: min(want[n], k) for n in others}}
               for k in range(1, max(want[n] for n in others) + 1)]
     for plan in plans[-1:] if args.staged else plans:  # seed by seed, main methods first
-        plan = {n: s for n, s in plan.items() if s > 0}
-        _, results, curves = run_compare(
-            [resolve_config_path(n) for n in plan], seeds=plan, token_budget=HORIZON,
-            overrides=study_overrides(model) + [f"train.lr={lr}", f"train.mini_batches={mb}"],
-            out_dir=RUNS, record_dir=RECORDS, baseline="grpo", same_code=accepted_code(),
-            title=f"Study 5: methods on Countdown, cell {cell}")
+        results, curves = run_plan({n: s for n, s in plan.items() if s > 0}, lr, mb, model, cell)
     finished = all(len(results.get(n, [])) >= (MAIN_SEEDS if n in MAIN else SEEDS)
                    for n in METHODS)
-    report(results, curves, cell, time.perf_counter() - start, finished)
+    report(results, curves, cell, mb, time.perf_counter() - start, finished)
 
 
 if __name__ == "__main__":
