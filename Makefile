@@ -46,7 +46,7 @@ test: $(STAMP) $(VLLM_STAMP)
 	IBTPO_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/test_engine_vllm.py
 
 demo: $(STAMP)
-	$(VENV)/bin/ibtpo demo
+	$(VENV)/bin/ibtpo demo $(if $(TASK),--task $(TASK))
 
 bench: $(STAMP)
 	$(PY) benchmarks/sft_speed.py

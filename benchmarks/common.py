@@ -22,7 +22,7 @@ kernels.pin("portable")  # before torch runs anything (ibtpo/kernels.py)
 
 import torch  # noqa: E402
 
-from ibtpo.compare import same_config  # noqa: E402
+from ibtpo.compare import DEMO_TASKS, same_config  # noqa: E402
 from ibtpo.config import load_config  # noqa: E402
 from ibtpo.models import read_extra  # noqa: E402
 from ibtpo.provenance import same_code  # noqa: E402
@@ -30,8 +30,9 @@ from ibtpo.provenance import same_code  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WARMUP_DIR = ROOT / "runs" / "testbed" / "sft"
-# The Countdown testbed (Study 5): the task and its warm-up's stopping mark, shared by its scripts.
-COUNTDOWN = ["task.name=countdown", "sft.stop_at_accuracy=0.2"]
+# The Countdown testbed (Study 5): the task and its warm-up's stopping mark, shared by its scripts
+# and by `ibtpo demo --task countdown`, whose warm-up is therefore this one.
+COUNTDOWN = list(DEMO_TASKS["countdown"][0])
 COUNTDOWN_WARMUP_DIR = ROOT / "runs" / "countdown" / "sft"
 EQUIVALENCE = RESULTS / "runs" / "equivalent.json"  # written by benchmarks/equivalence.py
 

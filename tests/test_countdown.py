@@ -166,3 +166,31 @@ def test_cli_warms_up_trains_and_evaluates_on_countdown(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--model", str(sft), *sets(task)]) == 0
     assert "pass@1" in capsys.readouterr().out
+
+
+def test_demo_on_countdown_trains_both_methods_on_it_and_keeps_warm_ups_apart(tmp_path, capsys):
+    """`ibtpo demo --task countdown` at tiny settings: a Countdown warm-up, then GRPO and IB-TPO
+    on Countdown, 3 seeds each; the arithmetic demo refuses that warm-up (exit 2, naming --out)
+    instead of training arithmetic from it."""
+    import json
+
+    from ibtpo.cli import main
+
+    tiny = ["task.eval_size=8", "eval.size=4", "eval.k=2", "sampling.max_new_tokens=40",
+            "train.prompts_per_step=2", "rollout.b0=2", "rollout.rounds=2",
+            "train.token_budget=150", "sft.steps=3", "sft.batch_size=8", "sft.eval_every=0",
+            "sft.eval_size=4", "sft.stop_at_accuracy=0"]
+    sets = [a for v in tiny for a in ("--set", v)]
+    argv = ["demo", "--task", "countdown", "--no-progress", "--out", str(tmp_path), *sets]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "| grpo | 3 |" in out and "| ibtpo | 3 |" in out
+    assert json.loads((tmp_path / "sft" / "ibtpo.json").read_text())["task"]["name"] == "countdown"
+    for method in ("grpo", "ibtpo"):
+        run = json.loads((tmp_path / method / "seed2" / "checkpoints" / "latest" /
+                          "ibtpo.json").read_text())
+        assert run["config"]["task"]["name"] == "countdown"
+        assert run["config"]["eval"]["k"] == 2  # the user's --set over the demo's eval.k=64
+    assert main(["demo", "--no-progress", "--out", str(tmp_path), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "'countdown'" in err and "Traceback" not in err

@@ -192,7 +192,8 @@ def cmd_compare(args):
 def cmd_demo(args):
     from ibtpo.compare import run_demo
 
-    run_demo(out_dir=args.out, overrides=args.set, progress=_progress(args))
+    out = args.out or ("runs/demo" if args.task == "arithmetic" else f"runs/demo_{args.task}")
+    run_demo(out_dir=out, overrides=args.set, progress=_progress(args), task=args.task)
 
 
 def cmd_config(args):
@@ -280,9 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain runs that already finished with the same config")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("demo", help="warm-up, then GRPO vs IB-TPO on the built-in task")
+    p = sub.add_parser("demo", help="warm-up, then GRPO vs IB-TPO on a built-in task")
     _common(p, config=False)
-    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--task", default="arithmetic", choices=("arithmetic", "countdown"),
+                   help="arithmetic (default: 3 seeds x 100k tokens, about 7 min on 2 cores) or "
+                        "countdown (Study 5's cell: 3 seeds x 1M tokens, about 35 min)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default runs/demo, or runs/demo_countdown)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("config", help="list every config field, or print the resolved config")
     _common(p)

@@ -478,25 +478,45 @@ def _check_comparable(cfgs: dict, budget: int, seeds: dict, baseline: str,
 
 DEMO_CONFIGS = ("grpo", "ibtpo")
 DEMO_SEEDS = 3
-DEMO_OVERRIDES = ("train.token_budget=100000", "train.eval_every=0", "train.tensorboard=false")
+DEMO_OVERRIDES = ("train.eval_every=0", "train.tensorboard=false")
+# `ibtpo demo --task NAME`: (warm-up settings, which its runs share too; the runs' own settings).
+# The Countdown demo is a short version of Study 5 (benchmarks/countdown_study.py): its warm-up,
+# its cell (the default lr, on-policy) and horizon, 3 seeds instead of 8, no evaluation midway.
+DEMO_TASKS = {
+    "arithmetic": ((), ("train.token_budget=100000",)),
+    "countdown": (("task.name=countdown", "sft.stop_at_accuracy=0.2"),
+                  ("train.token_budget=1000000", "eval.k=64", "eval.size=500",
+                   "task.eval_size=500")),
+}
 
 
 def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] = (),
-             progress: bool = True) -> str:
-    """Warm-up (reused if ``{out}/sft`` is complete) -> GRPO vs IB-TPO at equal token budgets,
-    DEMO_SEEDS seeds each, evaluated on the held-out set before and after (a short version of
-    benchmarks/methods.py, whose full runs are in BENCHMARKS.md)."""
+             progress: bool = True, task: str = "arithmetic") -> str:
+    """Warm-up (reused if ``{out}/sft`` is a complete warm-up of the same task) -> GRPO vs IB-TPO
+    at equal token budgets, DEMO_SEEDS seeds each, evaluated on the held-out set before and
+    after (a short version of benchmarks/methods.py, or of countdown_study.py with
+    task='countdown'; their full runs are in BENCHMARKS.md)."""
     from ibtpo.training.sft import run_sft
 
+    if task not in DEMO_TASKS:
+        raise ConfigError([f"--task: got {task!r}, expected one of {', '.join(DEMO_TASKS)}"],
+                          "demo")
+    warm, runs = DEMO_TASKS[task]
     out = Path(out_dir)
     sft_dir = out / "sft"
+    sft_cfg = load_config(overrides=[f"sft.out_dir={sft_dir}", *warm, *overrides])
     if (sft_dir / "ibtpo.json").is_file():
+        made = read_extra(sft_dir).get("task", {}).get("name")
+        if made != sft_cfg.task.name:
+            raise ConfigError([f"--out: {sft_dir} holds a warm-up of task {made!r}, expected "
+                               f"{sft_cfg.task.name!r}: give the {task} demo its own --out"],
+                              "demo")
         print(f"== warm-up: reusing {sft_dir}")
     else:
-        print(f"== warm-up: supervised training of the default model -> {sft_dir}")
-        run_sft(load_config(overrides=[f"sft.out_dir={sft_dir}", *overrides]), progress=progress)
+        print(f"== warm-up: supervised training of the default model on {task} -> {sft_dir}")
+        run_sft(sft_cfg, progress=progress)
     configs = [resolve_config_path(name) for name in DEMO_CONFIGS]
-    report, _, _ = run_compare(configs, overrides=[f"train.init={sft_dir}", *DEMO_OVERRIDES,
-                                                   *overrides],
+    report, _, _ = run_compare(configs, overrides=[f"train.init={sft_dir}", *warm, *runs,
+                                                   *DEMO_OVERRIDES, *overrides],
                                seeds=DEMO_SEEDS, out_dir=out, progress=progress)
     return report
