@@ -96,6 +96,35 @@ def paired_line(results: dict, key: str, scale: float = 100.0, name: str = "") -
             f"{scale * (mean + half):+.2f}] | {n} | {state} |")
 
 
+def eval_path(rows_per_seed: list[list[dict]]) -> np.ndarray:
+    """Seed means at each evaluation: rows of (generated tokens, greedy pass@1, pass@64)."""
+    keys = ("train/generated_tokens", "eval/pass@1", "eval/sampled_pass@64")
+    runs = [[[r[k] for k in keys] for r in rows if "eval/pass@1" in r] for rows in rows_per_seed]
+    n = min(len(r) for r in runs)
+    return np.mean([r[:n] for r in runs], axis=0)
+
+
+def frontier(curves: dict) -> str:
+    """Where each method travels in (greedy pass@1, pass@64) over training, and GRPO's pass@64
+    at IB-TPO's final pass@1: read beside the protocol's rule, not part of it."""
+    paths = {n: eval_path(c) for n, c in curves.items()}
+    head = "| method | " + " | ".join(f"{t / 1e3:.0f}k" for t in paths["grpo"][:, 0]) + " |"
+    lines = ["Seed means at each evaluation, greedy pass@1 / sampled pass@64 (columns: generated "
+             "tokens, GRPO's):", "", head, "|" + "---|" * (len(paths["grpo"]) + 1)]
+    lines += ["| " + METHODS[n] + " | " + " | ".join(f"{p1:.3f} / {p64:.3f}" for _, p1, p64 in q)
+              + " |" for n, q in paths.items()]
+    g, final = paths["grpo"], paths["ibtpo"][-1]
+    order = np.argsort(g[:, 1])
+    if g[:, 1].min() <= final[1] <= g[:, 1].max():
+        at = float(np.interp(final[1], g[order, 1], g[order, 2]))
+        lines += ["", f"At IB-TPO's final greedy pass@1 ({final[1]:.3f}), GRPO's path (linear "
+                  f"between its evaluations) has sampled pass@64 {at:.3f}; IB-TPO's final is "
+                  f"{final[2]:.3f} ({100 * (final[2] - at):+.1f} pt). Above GRPO's path, IB-TPO "
+                  "would trade accuracy for coverage better than GRPO does; on or below it, its "
+                  "higher pass@64 at equal tokens is where GRPO was earlier in training."]
+    return "\n".join(lines)
+
+
 def verdict(results: dict) -> str:
     """The protocol's two statements, read off the paired intervals."""
     a, b = results["ibtpo"], results["grpo"]
@@ -141,7 +170,7 @@ def report(results: dict, curves: dict, cell: str, mb: int, seconds: float, fini
             f"Regime: cell {cell} of the pilot. {HORIZON:,} generated tokens per run; 500 "
             "held-out problems. ± and [ ]: 95% t-intervals over seeds; differences paired by "
             "seed, in points.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(paired)
-            + "\n\n![curves](countdown_study.png)\n")
+            + "\n\n" + frontier(curves) + "\n\n![curves](countdown_study.png)\n")
     write_section("countdown_study", "Study 5, part 3 — IB-TPO against GRPO on Countdown", body,
                   seconds, {"regime": cell, "results": results}, runs=results)
 
