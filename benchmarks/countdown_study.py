@@ -85,8 +85,9 @@ def run_mean(rows: list[dict], key: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def paired_line(results: dict, key: str, scale: float = 100.0, name: str = "") -> str:
-    a, b = results["ibtpo"], results["grpo"]
+def paired_line(results: dict, key: str, scale: float = 100.0, name: str = "",
+                method: str = "ibtpo") -> str:
+    a, b = results[method], results["grpo"]
     n = min(len(a), len(b))
     mean, half = paired_ci([r[key] for r in a[:n]], [r[key] for r in b[:n]])
     if half != half:  # NaN: fewer than two pairs
@@ -164,6 +165,13 @@ def report(results: dict, curves: dict, cell: str, mb: int, seconds: float, fini
     paired = ["| outcome (IB-TPO − GRPO) | mean (pt) | 95% interval | seeds | interval |",
               "|---|---|---|---|---|", paired_line(results, "pass@1", name="greedy pass@1")]
     paired += [paired_line(results, f"sampled_pass@{k}", name=f"sampled pass@{k}") for k in KS]
+    others = [n for n in results if n not in MAIN]
+    if others:  # each baseline against GRPO, over the seeds they share
+        paired += ["", "| outcome (method − GRPO) | mean (pt) | 95% interval | seeds | interval |",
+                   "|---|---|---|---|---|"]
+        paired += [paired_line(results, key, name=f"{METHODS[n]}: {what}", method=n)
+                   for n in others for key, what in (("pass@1", "greedy pass@1"),
+                                                     ("sampled_pass@64", "sampled pass@64"))]
     plot_curves(curves, RESULTS / "countdown_study.png", keys=CURVES)
     seeds = ", ".join(f"{METHODS[n]} {len(r)}" for n, r in results.items())
     pair_done = all(len(results[n]) >= MAIN_SEEDS for n in MAIN)
